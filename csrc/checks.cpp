@@ -1,0 +1,251 @@
+#include "maskext/checks.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <limits>
+
+namespace maskext {
+namespace {
+
+bool is_float_type(at::ScalarType t) {
+  return t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble;
+}
+
+// True when a tensor of shape `from` broadcasts to `to` (numpy rules).
+bool broadcasts_to(at::IntArrayRef from, at::IntArrayRef to) {
+  if (from.size() > to.size()) return false;
+  const size_t off = to.size() - from.size();
+  for (size_t d = 0; d < from.size(); ++d) {
+    if (from[d] != 1 && from[d] != to[d + off]) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+void check_lengths(const char* op, const char* name, const at::Tensor& lengths,
+                   int64_t B, const char* B_desc, const at::Device& device) {
+  TORCH_CHECK(lengths.scalar_type() == at::kInt || lengths.scalar_type() == at::kLong,
+              "maskext::", op, ": ", name, " must be an integer tensor (int32 or int64), got ",
+              lengths.scalar_type());
+  TORCH_CHECK(lengths.dim() == 1 && lengths.size(0) == B, "maskext::", op, ": ", name,
+              " must have shape [B] with B = ", B_desc, " = ", B, ", got ", lengths.sizes());
+  TORCH_CHECK(lengths.device() == device, "maskext::", op, ": ", name,
+              " must be on the data's device ", device, ", got ", lengths.device());
+  if (lengths.device().is_cpu() && lengths.numel() > 0) {
+    const int64_t lo = lengths.min().item<int64_t>();
+    TORCH_CHECK(lo >= 0, "maskext::", op, ": ", name, " must be >= 0, got a value of ", lo);
+  }
+}
+
+void check_window(const char* op, int64_t window_left, int64_t window_right) {
+  TORCH_CHECK(window_left >= -1 && window_right >= -1, "maskext::", op,
+              ": window values must be >= 0 (or -1 for unbounded), got (", window_left, ", ",
+              window_right, ")");
+}
+
+RowSpec make_row_spec(const std::optional<at::Tensor>& lengths,
+                      const std::optional<at::Tensor>& q_lengths, bool left_pad,
+                      bool causal, int64_t window_left, int64_t window_right,
+                      int64_t q_len, int64_t k_len) {
+  RowSpec s;
+  if (lengths) {
+    s.lengths = lengths->data_ptr();
+    s.lengths64 = lengths->scalar_type() == at::kLong;
+  }
+  if (q_lengths) {
+    s.q_lengths = q_lengths->data_ptr();
+    s.q_lengths64 = q_lengths->scalar_type() == at::kLong;
+  }
+  s.left_pad = left_pad;
+  s.causal = causal;
+  s.window_left = window_left;
+  s.window_right = window_right;
+  s.q_len = q_len;
+  s.k_len = k_len;
+  return s;
+}
+
+at::Tensor as_4d(const at::Tensor& t) {
+  switch (t.dim()) {
+    case 2: return t.unsqueeze(1).unsqueeze(1);
+    case 3: return t.unsqueeze(1);
+    case 4: return t;
+    default: return t.flatten(1, t.dim() - 3);
+  }
+}
+
+namespace {
+
+// Shared by forward and backward: the row layout of the (B, ..., Tq, Tk) data.
+void fill_layout(const char* op, const at::Tensor& data, const std::optional<at::Tensor>& lengths,
+                 const std::optional<at::Tensor>& q_lengths, bool causal, int64_t window_left,
+                 int64_t window_right, const char* data_name, SoftmaxProblem& p) {
+  TORCH_CHECK(is_float_type(data.scalar_type()), "maskext::", op, ": ", data_name,
+              " must be float16, bfloat16, float32 or float64, got ", data.scalar_type());
+  TORCH_CHECK(data.dim() >= 2, "maskext::", op, ": ", data_name,
+              " must have shape (B, Tk) or (B, ..., Tq, Tk), got ", data.sizes());
+  const bool has_q_mask = causal || window_left >= 0 || window_right >= 0 || q_lengths;
+  TORCH_CHECK(!has_q_mask || data.dim() >= 3, "maskext::", op,
+              ": causal, window and q_lengths need a query dim, (B, ..., Tq, Tk); got a 2-D ",
+              data_name, " of shape ", data.sizes());
+  check_window(op, window_left, window_right);
+  const int64_t B = data.size(0);
+  if (lengths) check_lengths(op, "lengths", *lengths, B, "x.size(0)", data.device());
+  if (q_lengths) check_lengths(op, "q_lengths", *q_lengths, B, "x.size(0)", data.device());
+
+  p.x4 = as_4d(data.stride(-1) == 1 ? data : data.contiguous());
+  SoftmaxArgs& a = p.args;
+  a.B = p.x4.size(0);
+  a.H = p.x4.size(1);
+  a.Tq = p.x4.size(2);
+  a.Tk = p.x4.size(3);
+  if (p.x4.stride(3) != 1) p.x4 = p.x4.contiguous();  // size-1 flatten corner cases
+  for (int d = 0; d < 3; ++d) a.xs[d] = p.x4.stride(d);
+  a.x = p.x4.data_ptr();
+  a.spec = make_row_spec(lengths, q_lengths, false, causal, window_left, window_right, a.Tq, a.Tk);
+  p.out = at::empty(data.sizes(), data.options().memory_format(at::MemoryFormat::Contiguous));
+  a.out = p.out.data_ptr();
+}
+
+}  // namespace
+
+SoftmaxProblem prepare_softmax_forward(
+    const at::Tensor& x, const std::optional<at::Tensor>& mask,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& lengths,
+    const std::optional<at::Tensor>& q_lengths, bool causal, int64_t window_left,
+    int64_t window_right, double scale) {
+  const char* op = "masked_softmax";
+  SoftmaxProblem p;
+  fill_layout(op, x, lengths, q_lengths, causal, window_left, window_right, "x", p);
+  SoftmaxArgs& a = p.args;
+  a.scale = scale;
+  if (mask) {
+    TORCH_CHECK(mask->scalar_type() == at::kBool, "maskext::", op,
+                ": mask must be a bool tensor (True = keep), got ", mask->scalar_type());
+    TORCH_CHECK(broadcasts_to(mask->sizes(), x.sizes()), "maskext::", op, ": mask of shape ",
+                mask->sizes(), " does not broadcast to x of shape ", x.sizes());
+    TORCH_CHECK(mask->device() == x.device(), "maskext::", op, ": mask must be on x's device ",
+                x.device(), ", got ", mask->device());
+    p.mask4 = as_4d(mask->expand(x.sizes()));
+    a.mask = p.mask4.data_ptr<bool>();
+    for (int d = 0; d < 4; ++d) a.ms[d] = p.mask4.stride(d);
+  }
+  if (bias) {
+    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), "maskext::", op,
+                ": bias must have x's dtype ", x.scalar_type(), ", got ", bias->scalar_type());
+    TORCH_CHECK(broadcasts_to(bias->sizes(), x.sizes()), "maskext::", op, ": bias of shape ",
+                bias->sizes(), " does not broadcast to x of shape ", x.sizes());
+    TORCH_CHECK(bias->device() == x.device(), "maskext::", op, ": bias must be on x's device ",
+                x.device(), ", got ", bias->device());
+    p.bias4 = as_4d(bias->expand(x.sizes()));
+    a.bias = p.bias4.data_ptr();
+    for (int d = 0; d < 4; ++d) a.bs[d] = p.bias4.stride(d);
+  }
+  return p;
+}
+
+SoftmaxProblem prepare_softmax_backward(
+    const at::Tensor& grad_out, const at::Tensor& out,
+    const std::optional<at::Tensor>& lengths, const std::optional<at::Tensor>& q_lengths,
+    bool causal, int64_t window_left, int64_t window_right, double scale) {
+  const char* op = "masked_softmax_backward";
+  TORCH_CHECK(grad_out.sizes() == out.sizes() && grad_out.scalar_type() == out.scalar_type() &&
+                  grad_out.device() == out.device(),
+              "maskext::", op, ": grad_out must match out (", out.sizes(), ", ",
+              out.scalar_type(), ", ", out.device(), "), got (", grad_out.sizes(), ", ",
+              grad_out.scalar_type(), ", ", grad_out.device(), ")");
+  SoftmaxProblem p;
+  fill_layout(op, grad_out, lengths, q_lengths, causal, window_left, window_right, "grad_out", p);
+  p.y4 = out.contiguous();
+  p.args.y = p.y4.data_ptr();
+  p.args.scale = scale;
+  return p;
+}
+
+IntervalMaskProblem prepare_lengths_to_mask(const at::Tensor& lengths,
+                                            std::optional<int64_t> max_len, bool left_pad,
+                                            bool padding, at::ScalarType dtype) {
+  const char* op = padding ? "lengths_to_padding_mask" : "lengths_to_mask";
+  TORCH_CHECK(lengths.dim() == 1, "maskext::", op, ": lengths must be 1-D, got shape ",
+              lengths.sizes());
+  check_lengths(op, "lengths", lengths, lengths.size(0), "lengths.size(0)", lengths.device());
+  int64_t T = 0;
+  if (max_len) {
+    T = *max_len;
+    TORCH_CHECK(T >= 0, "maskext::", op, ": max_len must be >= 0, got ", T);
+  } else if (lengths.numel() > 0) {
+    // One host sync: the output size depends on the data. Negative lengths are
+    // checked here on every device, since the values are on the host anyway.
+    auto [mn, mx] = at::aminmax(lengths);
+    const int64_t lo = mn.item<int64_t>();
+    TORCH_CHECK(lo >= 0, "maskext::", op, ": lengths must be >= 0, got a value of ", lo);
+    T = mx.item<int64_t>();
+  }
+  IntervalMaskProblem p;
+  p.out = at::empty({lengths.size(0), T}, lengths.options().dtype(dtype));
+  p.args.spec = make_row_spec(lengths, std::nullopt, left_pad, false, -1, -1, 1, T);
+  p.args.rows = lengths.size(0);
+  p.args.cols = T;
+  p.args.out = p.out.data_ptr();
+  p.args.keep = padding ? 0.0 : 1.0;
+  p.args.masked = padding ? 1.0 : 0.0;
+  return p;
+}
+
+IntervalMaskProblem prepare_attention_mask(const at::Tensor& lengths,
+                                           const std::optional<at::Tensor>& q_lengths,
+                                           int64_t q_len, int64_t k_len, bool causal,
+                                           int64_t window_left, int64_t window_right,
+                                           at::ScalarType dtype) {
+  const char* op = "attention_mask";
+  TORCH_CHECK(lengths.dim() == 1, "maskext::", op, ": lengths must be 1-D, got shape ",
+              lengths.sizes());
+  const int64_t B = lengths.size(0);
+  check_lengths(op, "lengths", lengths, B, "lengths.size(0)", lengths.device());
+  if (q_lengths) check_lengths(op, "q_lengths", *q_lengths, B, "lengths.size(0)", lengths.device());
+  TORCH_CHECK(q_len >= 0 && k_len >= 0, "maskext::", op, ": q_len and k_len must be >= 0, got ",
+              q_len, " and ", k_len);
+  check_window(op, window_left, window_right);
+  TORCH_CHECK(dtype == at::kBool || is_float_type(dtype), "maskext::", op,
+              ": dtype must be bool or a floating type, got ", dtype);
+  IntervalMaskProblem p;
+  p.out = at::empty({B, 1, q_len, k_len}, lengths.options().dtype(dtype));
+  p.args.spec = make_row_spec(lengths, q_lengths, false, causal, window_left, window_right,
+                              q_len, k_len);
+  p.args.rows = B * q_len;
+  p.args.cols = k_len;
+  p.args.out = p.out.data_ptr();
+  if (dtype == at::kBool) {
+    p.args.keep = 1.0;
+    p.args.masked = 0.0;
+  } else {
+    p.args.keep = 0.0;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "finfo_min", [&] {
+      p.args.masked = static_cast<double>(std::numeric_limits<scalar_t>::lowest());
+    });
+  }
+  return p;
+}
+
+void check_mask_to_lengths(const at::Tensor& mask) {
+  TORCH_CHECK(mask.scalar_type() == at::kBool && mask.dim() == 2,
+              "maskext::mask_to_lengths: mask must be a 2-D bool tensor (B, T), got ",
+              mask.scalar_type(), " of shape ", mask.sizes());
+}
+
+at::Tensor prepare_lengths_from_padded(const at::Tensor& x, int64_t dim) {
+  const char* op = "lengths_from_padded";
+  TORCH_CHECK(x.dim() >= 2, "maskext::", op, ": x must have a batch dim and a time dim, got shape ",
+              x.sizes());
+  const int64_t d = dim < 0 ? dim + x.dim() : dim;
+  TORCH_CHECK(d >= 1 && d < x.dim(), "maskext::", op, ": dim must be in [1, ", x.dim(),
+              ") (dim 0 is the batch), got ", dim);
+  at::Tensor t = x.movedim(d, 1);
+  const int64_t B = t.size(0), T = t.size(1);
+  int64_t F = 1;
+  for (int64_t k = 2; k < t.dim(); ++k) F *= t.size(k);
+  return t.reshape({B, T, F}).contiguous();
+}
+
+}  // namespace maskext

@@ -1,0 +1,178 @@
+// CPU masked softmax, forward and backward: at::vec over the visible interval
+// of each row, rows in parallel. Masked positions are never read.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "maskext/checks.h"
+
+namespace maskext {
+namespace {
+
+// Rows are independent; a chunk should hold enough elements to be worth a task.
+int64_t row_grain(int64_t Tk) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(Tk, 1)); }
+
+// `src[0:n]` as acc_t: the pointer itself when no conversion is needed.
+template <typename scalar_t, typename acc_t>
+const acc_t* to_acc(const scalar_t* src, acc_t* buf, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return src;
+  } else {
+    at::vec::convert(src, buf, n);
+    return buf;
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void from_acc(const acc_t* src, scalar_t* dst, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    std::copy(src, src + n, dst);
+  } else {
+    at::vec::convert(src, dst, n);
+  }
+}
+
+struct RowIndex {
+  int64_t b, h, i;
+};
+
+inline RowIndex split_row(const SoftmaxArgs& a, int64_t r) {
+  const int64_t t = r / a.Tq;
+  return {t / a.H, t % a.H, r % a.Tq};
+}
+
+template <typename scalar_t>
+void softmax_forward_kernel(const SoftmaxArgs& a) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Vec = at::vec::Vectorized<acc_t>;
+  const auto* x = static_cast<const scalar_t*>(a.x);
+  const auto* bias = static_cast<const scalar_t*>(a.bias);
+  auto* out = static_cast<scalar_t*>(a.out);
+  const acc_t scale = static_cast<acc_t>(a.scale);
+  const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
+  // -inf and finfo(dtype).min in the bias mean "masked" (additive-mask convention).
+  const acc_t bias_min = static_cast<acc_t>(std::numeric_limits<scalar_t>::lowest());
+  const int64_t Tk = a.Tk;
+
+  at::parallel_for(0, a.rows(), row_grain(Tk), [&](int64_t r0, int64_t r1) {
+    std::vector<acc_t> zbuf(Tk), cbuf(std::is_same_v<scalar_t, acc_t> ? 0 : Tk);
+    for (int64_t r = r0; r < r1; ++r) {
+      const RowIndex ix = split_row(a, r);
+      int64_t lo, hi;
+      row_bounds(a.spec, ix.b, ix.i, lo, hi);
+      scalar_t* o = out + r * Tk;
+      std::fill(o, o + lo, scalar_t(0));
+      std::fill(o + hi, o + Tk, scalar_t(0));
+      const int64_t n = hi - lo;
+      if (n == 0) continue;
+
+      acc_t* z = zbuf.data();
+      const scalar_t* xr = x + ix.b * a.xs[0] + ix.h * a.xs[1] + ix.i * a.xs[2] + lo;
+      at::vec::map([scale](Vec v) { return v * Vec(scale); }, z, to_acc(xr, cbuf.data(), n), n);
+      if (a.mask != nullptr || bias != nullptr) {
+        const int64_t mo = ix.b * a.ms[0] + ix.h * a.ms[1] + ix.i * a.ms[2];
+        const int64_t bo = ix.b * a.bs[0] + ix.h * a.bs[1] + ix.i * a.bs[2];
+        for (int64_t k = 0; k < n; ++k) {
+          const int64_t j = lo + k;
+          if (a.mask != nullptr && !a.mask[mo + j * a.ms[3]]) {
+            z[k] = neg_inf;
+          } else if (bias != nullptr) {
+            const acc_t bv = static_cast<acc_t>(bias[bo + j * a.bs[3]]);
+            z[k] = bv <= bias_min ? neg_inf : z[k] + bv;
+          }
+        }
+      }
+      const acc_t mx = at::vec::reduce_all<acc_t>(
+          [](Vec& p, Vec& q) { return at::vec::maximum(p, q); }, z, n);
+      if (mx == neg_inf) {  // every visible key masked by mask/bias: the row is 0
+        std::fill(o + lo, o + hi, scalar_t(0));
+        continue;
+      }
+      at::vec::map([mx](Vec v) { return (v - Vec(mx)).exp(); }, z, z, n);
+      const acc_t sum = at::vec::reduce_all<acc_t>([](Vec& p, Vec& q) { return p + q; }, z, n);
+      const acc_t inv = acc_t(1) / sum;
+      at::vec::map([inv](Vec v) { return v * Vec(inv); }, z, z, n);
+      from_acc(z, o + lo, n);
+    }
+  });
+}
+
+// dx = scale * y * (dy - sum(dy * y)) on the visible interval, 0 elsewhere.
+template <typename scalar_t>
+void softmax_backward_kernel(const SoftmaxArgs& a) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Vec = at::vec::Vectorized<acc_t>;
+  const auto* dy = static_cast<const scalar_t*>(a.x);
+  const auto* y = static_cast<const scalar_t*>(a.y);
+  auto* dx = static_cast<scalar_t*>(a.out);
+  const acc_t scale = static_cast<acc_t>(a.scale);
+  const int64_t Tk = a.Tk;
+
+  at::parallel_for(0, a.rows(), row_grain(Tk), [&](int64_t r0, int64_t r1) {
+    const bool convert = !std::is_same_v<scalar_t, acc_t>;
+    std::vector<acc_t> ybuf(convert ? Tk : 0), gbuf(convert ? Tk : 0), obuf(Tk);
+    for (int64_t r = r0; r < r1; ++r) {
+      const RowIndex ix = split_row(a, r);
+      int64_t lo, hi;
+      row_bounds(a.spec, ix.b, ix.i, lo, hi);
+      scalar_t* o = dx + r * Tk;
+      std::fill(o, o + lo, scalar_t(0));
+      std::fill(o + hi, o + Tk, scalar_t(0));
+      const int64_t n = hi - lo;
+      if (n == 0) continue;
+      const acc_t* yr = to_acc(y + r * Tk + lo, ybuf.data(), n);
+      const acc_t* gr = to_acc(dy + ix.b * a.xs[0] + ix.h * a.xs[1] + ix.i * a.xs[2] + lo,
+                               gbuf.data(), n);
+      const acc_t dot = at::vec::map2_reduce_all<acc_t>(
+          [](Vec p, Vec q) { return p * q; }, [](Vec p, Vec q) { return p + q; }, yr, gr, n);
+      at::vec::map2(
+          [dot, scale](Vec yv, Vec gv) { return yv * (gv - Vec(dot)) * Vec(scale); },
+          obuf.data(), yr, gr, n);
+      from_acc(obuf.data(), o + lo, n);
+    }
+  });
+}
+
+at::Tensor masked_softmax_cpu(const at::Tensor& x, const std::optional<at::Tensor>& mask,
+                              const std::optional<at::Tensor>& bias,
+                              const std::optional<at::Tensor>& lengths,
+                              const std::optional<at::Tensor>& q_lengths, bool causal,
+                              int64_t window_left, int64_t window_right, double scale) {
+  auto p = prepare_softmax_forward(x, mask, bias, lengths, q_lengths, causal, window_left,
+                                   window_right, scale);
+  if (p.out.numel() == 0) return p.out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_softmax",
+                                  [&] { softmax_forward_kernel<scalar_t>(p.args); });
+  return p.out;
+}
+
+at::Tensor masked_softmax_backward_cpu(const at::Tensor& grad_out, const at::Tensor& out,
+                                       const std::optional<at::Tensor>& lengths,
+                                       const std::optional<at::Tensor>& q_lengths, bool causal,
+                                       int64_t window_left, int64_t window_right, double scale) {
+  auto p = prepare_softmax_backward(grad_out, out, lengths, q_lengths, causal, window_left,
+                                    window_right, scale);
+  if (p.out.numel() == 0) return p.out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(),
+                                  "masked_softmax_backward",
+                                  [&] { softmax_backward_kernel<scalar_t>(p.args); });
+  return p.out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(maskext, CPU, m) {
+  m.impl("masked_softmax", &masked_softmax_cpu);
+  m.impl("masked_softmax_backward", &masked_softmax_backward_cpu);
+}
+
+}  // namespace maskext

@@ -1,0 +1,162 @@
+// CUDA kernels for masks from lengths, and lengths from masks or padded data.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "maskext/checks.h"
+#include "maskext/cuda_utils.cuh"
+
+namespace maskext {
+namespace {
+
+using cuda::Vec16;
+
+// Each thread writes 16-byte chunks of the flat (rows, cols) output, so every
+// store is a full vector whatever cols is; rows are found from the flat index.
+template <typename T>
+__global__ void interval_mask_kernel(IntervalMaskArgs a, T keep, T masked) {
+  constexpr int VEC = Vec16<T>::N;
+  using Pack = typename Vec16<T>::Pack;
+  T* out = static_cast<T*>(a.out);
+  const int64_t total = a.rows * a.cols;
+  const int64_t nchunks = (total + VEC - 1) / VEC;
+  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < nchunks;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t start = c * VEC;
+    int64_t r = start / a.cols, col = start - r * a.cols;
+    int64_t lo, hi;
+    row_bounds(a.spec, r / a.spec.q_len, r % a.spec.q_len, lo, hi);
+    Pack pk;
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      if (col == a.cols) {  // the chunk crosses into the next row
+        ++r;
+        col = 0;
+        if (r < a.rows) row_bounds(a.spec, r / a.spec.q_len, r % a.spec.q_len, lo, hi);
+      }
+      pk.v[e] = (col >= lo && col < hi) ? keep : masked;
+      ++col;
+    }
+    if (start + VEC <= total) {
+      *reinterpret_cast<Pack*>(out + start) = pk;
+    } else {
+      for (int e = 0; start + e < total; ++e) out[start + e] = pk.v[e];
+    }
+  }
+}
+
+void write_interval_mask_cuda(const IntervalMaskArgs& a, const at::Tensor& out) {
+  if (a.rows == 0 || a.cols == 0) return;
+  const c10::cuda::CUDAGuard guard(out.device());
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_ALL_TYPES_AND3(at::kBool, at::kHalf, at::kBFloat16, out.scalar_type(),
+                             "interval_mask", [&] {
+    constexpr int threads = 256;
+    const int64_t chunks = (a.rows * a.cols + Vec16<scalar_t>::N - 1) / Vec16<scalar_t>::N;
+    interval_mask_kernel<scalar_t><<<cuda::grid_for(chunks, threads), threads, 0, stream>>>(
+        a, static_cast<scalar_t>(a.keep), static_cast<scalar_t>(a.masked));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+at::Tensor lengths_to_mask_cuda(const at::Tensor& lengths, std::optional<int64_t> max_len,
+                                bool left_pad, bool padding, at::ScalarType dtype) {
+  auto p = prepare_lengths_to_mask(lengths, max_len, left_pad, padding, dtype);
+  write_interval_mask_cuda(p.args, p.out);
+  return p.out;
+}
+
+at::Tensor attention_mask_cuda(const at::Tensor& lengths, const std::optional<at::Tensor>& q_lengths,
+                               int64_t q_len, int64_t k_len, bool causal, int64_t window_left,
+                               int64_t window_right, at::ScalarType dtype) {
+  auto p = prepare_attention_mask(lengths, q_lengths, q_len, k_len, causal, window_left,
+                                  window_right, dtype);
+  write_interval_mask_cuda(p.args, p.out);
+  return p.out;
+}
+
+// One warp per row counts the True entries.
+__global__ void mask_to_lengths_kernel(const bool* mask, int64_t B, int64_t T, int64_t sb,
+                                       int64_t st, int64_t* out) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
+  for (int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32; b < B;
+       b += warps) {
+    int64_t n = 0;
+    for (int64_t t = lane; t < T; t += 32) n += mask[b * sb + t * st];
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) n += __shfl_xor_sync(0xffffffffu, n, off);
+    if (lane == 0) out[b] = n;
+  }
+}
+
+at::Tensor mask_to_lengths_cuda(const at::Tensor& mask) {
+  check_mask_to_lengths(mask);
+  const int64_t B = mask.size(0), T = mask.size(1);
+  at::Tensor out = at::empty({B}, mask.options().dtype(at::kLong));
+  if (B == 0) return out;
+  const c10::cuda::CUDAGuard guard(mask.device());
+  constexpr int threads = 256;
+  mask_to_lengths_kernel<<<cuda::grid_for(B, threads / 32), threads, 0,
+                           c10::cuda::getCurrentCUDAStream()>>>(
+      mask.data_ptr<bool>(), B, T, mask.stride(0), mask.stride(1), out.data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+// One block per batch element: the largest t + 1 over elements != pad.
+template <typename T>
+__global__ void lengths_from_padded_kernel(const T* x, int64_t B, int64_t steps, int64_t F, T pad,
+                                           int64_t* out) {
+  __shared__ int64_t warp_max[32];
+  for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
+    const T* row = x + b * steps * F;
+    int64_t len = 0;
+    for (int64_t k = threadIdx.x; k < steps * F; k += blockDim.x) {
+      if (row[k] != pad) len = k / F + 1;  // k grows, so this is the thread's max
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) {
+      const int64_t o = __shfl_xor_sync(0xffffffffu, len, off);
+      len = o > len ? o : len;
+    }
+    if (threadIdx.x % 32 == 0) warp_max[threadIdx.x / 32] = len;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      for (int w = 1; w < blockDim.x / 32; ++w) len = warp_max[w] > len ? warp_max[w] : len;
+      out[b] = len;
+    }
+    __syncthreads();
+  }
+}
+
+at::Tensor lengths_from_padded_cuda(const at::Tensor& x, const at::Scalar& pad_value, int64_t dim) {
+  const at::Tensor x3 = prepare_lengths_from_padded(x, dim);
+  const int64_t B = x3.size(0);
+  at::Tensor out = at::empty({B}, x.options().dtype(at::kLong));
+  if (B == 0) return out;
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_ALL_TYPES_AND3(at::kBool, at::kHalf, at::kBFloat16, x3.scalar_type(),
+                             "lengths_from_padded", [&] {
+    constexpr int threads = 256;
+    lengths_from_padded_kernel<scalar_t><<<cuda::grid_for(B, 1), threads, 0, stream>>>(
+        x3.data_ptr<scalar_t>(), B, x3.size(1), x3.size(2), pad_value.to<scalar_t>(),
+        out.data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(maskext, CUDA, m) {
+  m.impl("lengths_to_mask", &lengths_to_mask_cuda);
+  m.impl("attention_mask", &attention_mask_cuda);
+  m.impl("mask_to_lengths", &mask_to_lengths_cuda);
+  m.impl("lengths_from_padded", &lengths_from_padded_cuda);
+}
+
+}  // namespace maskext

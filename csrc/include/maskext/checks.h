@@ -1,0 +1,94 @@
+// Host-side argument checks and problem setup shared by the CPU and CUDA
+// implementations, so both give the same messages (DESIGN.md §3).
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <optional>
+
+#include "maskext/row_bounds.h"
+
+namespace maskext {
+
+// `lengths` must be a 1-D int32/int64 tensor of shape [B] on `device`.
+// Negative values are an error; they are looked for on CPU tensors only,
+// since on CUDA that would cost a host sync (the kernels clamp them to 0).
+void check_lengths(const char* op, const char* name, const at::Tensor& lengths,
+                   int64_t B, const char* B_desc, const at::Device& device);
+
+// Error unless window values are -1 (unbounded) or >= 0.
+void check_window(const char* op, int64_t window_left, int64_t window_right);
+
+// Builds the row description for a (B, q_len, k_len) problem; the tensors must
+// outlive every use of the spec.
+RowSpec make_row_spec(const std::optional<at::Tensor>& lengths,
+                      const std::optional<at::Tensor>& q_lengths, bool left_pad,
+                      bool causal, int64_t window_left, int64_t window_right,
+                      int64_t q_len, int64_t k_len);
+
+// (B, ..., Tq, Tk) viewed as (B, H, Tq, Tk): a view whenever the middle dims
+// can be merged, a copy otherwise. 2-D (B, Tk) becomes (B, 1, 1, Tk).
+at::Tensor as_4d(const at::Tensor& t);
+
+// Everything a masked-softmax kernel (forward or backward) needs, as plain data.
+struct SoftmaxArgs {
+  RowSpec spec;
+  int64_t B = 0, H = 0, Tq = 0, Tk = 0;
+  const void* x = nullptr;  // forward: scores; backward: grad of the output
+  int64_t xs[3] = {0, 0, 0};  // strides of x over (B, H, Tq); last stride is 1
+  const void* y = nullptr;  // backward only: the forward output, contiguous
+  void* out = nullptr;      // contiguous (B, H, Tq, Tk)
+  const bool* mask = nullptr;  // optional, broadcast strides
+  int64_t ms[4] = {0, 0, 0, 0};
+  const void* bias = nullptr;  // optional, x's dtype, broadcast strides
+  int64_t bs[4] = {0, 0, 0, 0};
+  double scale = 1.0;
+  int64_t rows() const { return B * H * Tq; }
+};
+
+// Checked, canonicalised inputs: the tensors stay alive as long as this does.
+struct SoftmaxProblem {
+  at::Tensor out, x4, y4, mask4, bias4;
+  SoftmaxArgs args;
+};
+
+SoftmaxProblem prepare_softmax_forward(
+    const at::Tensor& x, const std::optional<at::Tensor>& mask,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& lengths,
+    const std::optional<at::Tensor>& q_lengths, bool causal, int64_t window_left,
+    int64_t window_right, double scale);
+
+SoftmaxProblem prepare_softmax_backward(
+    const at::Tensor& grad_out, const at::Tensor& out,
+    const std::optional<at::Tensor>& lengths, const std::optional<at::Tensor>& q_lengths,
+    bool causal, int64_t window_left, int64_t window_right, double scale);
+
+// Interval-mask materialisation (lengths_to_mask, attention_mask): rows of
+// `out` (rows x cols, contiguous) get `keep` inside [lo, hi) and `masked`
+// outside, with row r = (b = r / q_len, i = r % q_len).
+struct IntervalMaskArgs {
+  RowSpec spec;
+  int64_t rows = 0, cols = 0;
+  void* out = nullptr;
+  double keep = 1.0, masked = 0.0;
+};
+
+struct IntervalMaskProblem {
+  at::Tensor out;
+  IntervalMaskArgs args;
+};
+
+IntervalMaskProblem prepare_lengths_to_mask(const at::Tensor& lengths,
+                                            std::optional<int64_t> max_len, bool left_pad,
+                                            bool padding, at::ScalarType dtype);
+
+IntervalMaskProblem prepare_attention_mask(const at::Tensor& lengths,
+                                           const std::optional<at::Tensor>& q_lengths,
+                                           int64_t q_len, int64_t k_len, bool causal,
+                                           int64_t window_left, int64_t window_right,
+                                           at::ScalarType dtype);
+
+void check_mask_to_lengths(const at::Tensor& mask);
+
+// x viewed as (B, T, F): dim moved to 1, the rest flattened (copy if needed).
+at::Tensor prepare_lengths_from_padded(const at::Tensor& x, int64_t dim);
+
+}  // namespace maskext

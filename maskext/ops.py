@@ -1,0 +1,244 @@
+"""Typed public functions over ``torch.ops.maskext``, their fake (meta)
+implementations for ``torch.compile``, and autograd.
+
+Mask semantics, stated once (the kernels share one C++ definition of them,
+csrc/include/maskext/row_bounds.h):
+
+* ``lengths[b]``: keys ``0 <= j < lengths[b]`` are real (right padding), or the
+  last ``lengths[b]`` keys with ``left_pad=True``. A length above the padded
+  size means "all real", as ``arange(T) < lengths[:, None]`` gives.
+* ``q_lengths[b]``: query rows ``i >= q_lengths[b]`` are fully masked.
+* ``causal`` and ``window`` are aligned to the bottom-right corner of the padded
+  ``(Tq, Tk)`` block: query ``i`` sits at key position ``p = i + Tk - Tq``
+  (flash-attn >= 2.1, ``torch.nn.attention.bias.causal_lower_right``). With
+  ``Tq == Tk`` causal means query ``i`` sees keys ``j <= i``; with ``Tq == 1``
+  (decoding) the query sees every real key.
+* ``window=(left, right)``: query at position ``p`` sees keys
+  ``p - left <= j <= p + right`` (flash-attn's ``window_size``); ``None`` for
+  one side means unbounded on that side. ``(0, 0)`` sees only itself.
+* All of these combine by intersection (AND) with each other and with a
+  boolean ``mask`` (True = keep).
+
+On CUDA, negative lengths are not looked for where that would cost a host
+sync (they are treated as 0); on the CPU, and wherever ``max_len`` is left
+out, they are an error.
+"""
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _C
+
+_ops = torch.ops.maskext
+
+
+def cuda_built() -> bool:
+    """True when this build of maskext contains the CUDA kernels."""
+    return bool(_C.cuda_built())
+
+
+# ---------------------------------------------------------------- argument helpers
+
+def _tensor_arg(op: str, name: str, value, optional: bool = True) -> Optional[Tensor]:
+    if value is None and optional:
+        return None
+    if not isinstance(value, Tensor):
+        raise TypeError(f"maskext.{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def _window_args(op: str, window: Optional[Sequence[Optional[int]]]) -> Tuple[int, int]:
+    """(left, right) with -1 for unbounded, as the kernels take it."""
+    if window is None:
+        return -1, -1
+    if not isinstance(window, (tuple, list)) or len(window) != 2:
+        raise ValueError(f"maskext.{op}: window must be a (left, right) pair, got {window!r}")
+    out = []
+    for side, v in zip(("left", "right"), window):
+        if v is None:
+            out.append(-1)
+        elif isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(
+                f"maskext.{op}: window {side} must be an int >= 0 or None (unbounded), got {v!r}")
+        else:
+            out.append(int(v))
+    return out[0], out[1]
+
+
+def _int_arg(op: str, name: str, value, optional: bool = False) -> Optional[int]:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"maskext.{op}: {name} must be an int >= 0, got {value!r}")
+    return int(value)
+
+
+# ---------------------------------------------------------------- masks from lengths
+
+def lengths_to_mask(lengths: Tensor, max_len: Optional[int] = None, *, left_pad: bool = False,
+                    dtype: torch.dtype = torch.bool) -> Tensor:
+    """``(B, max_len)`` mask, True (or 1) where a position is a real element.
+
+    Equals ``arange(max_len) < lengths[:, None]`` (or the mirror image with
+    ``left_pad=True``). ``max_len=None`` uses ``lengths.max()``: one host sync,
+    and not traceable by ``torch.compile(fullgraph=True)``; pass it to avoid both.
+    """
+    lengths = _tensor_arg("lengths_to_mask", "lengths", lengths, optional=False)
+    max_len = _int_arg("lengths_to_mask", "max_len", max_len, optional=True)
+    return _ops.lengths_to_mask(lengths, max_len, left_pad, False, dtype)
+
+
+def lengths_to_padding_mask(lengths: Tensor, max_len: Optional[int] = None, *,
+                            left_pad: bool = False) -> Tensor:
+    """``(B, max_len)`` bool mask, True where a position is PADDING.
+
+    The drop-in for ``nn.MultiheadAttention(key_padding_mask=)``, fairseq's
+    ``lengths_to_padding_mask`` and ESPnet's ``make_pad_mask``. ``max_len`` as
+    in :func:`lengths_to_mask`.
+    """
+    lengths = _tensor_arg("lengths_to_padding_mask", "lengths", lengths, optional=False)
+    max_len = _int_arg("lengths_to_padding_mask", "max_len", max_len, optional=True)
+    return _ops.lengths_to_mask(lengths, max_len, left_pad, True, torch.bool)
+
+
+def mask_to_lengths(mask: Tensor) -> Tensor:
+    """int64 ``(B,)``: the number of True (kept) positions in each row of a
+    ``(B, T)`` bool keep mask."""
+    mask = _tensor_arg("mask_to_lengths", "mask", mask, optional=False)
+    return _ops.mask_to_lengths(mask)
+
+
+def lengths_from_padded(x: Tensor, pad_value, dim: int = 1) -> Tensor:
+    """int64 ``(B,)`` lengths of right-padded data: 1 + the index along ``dim``
+    of the last step holding any element != ``pad_value`` (0 if none).
+    ``x`` is ``(B, T, ...)`` (time along ``dim``), of any dtype (token ids too)."""
+    x = _tensor_arg("lengths_from_padded", "x", x, optional=False)
+    return _ops.lengths_from_padded(x, pad_value, dim)
+
+
+def attention_mask(lengths: Optional[Tensor] = None, *, q_len: int, k_len: int,
+                   q_lengths: Optional[Tensor] = None, causal: bool = False,
+                   window: Optional[Sequence[Optional[int]]] = None,
+                   dtype: torch.dtype = torch.bool,
+                   device: Optional[torch.device] = None) -> Tensor:
+    """``(B, 1, q_len, k_len)`` attention mask, written in one kernel pass.
+
+    bool: True = keep. A floating ``dtype`` gives an additive mask: 0 keep,
+    ``torch.finfo(dtype).min`` masked (for ``F.scaled_dot_product_attention``
+    and Hugging Face models). ``lengths`` (key padding), ``q_lengths`` (query
+    padding), ``causal`` and ``window`` combine as described in this module's
+    docstring. Without ``lengths`` and ``q_lengths``, B = 1. The mask is built
+    on the lengths' device, else on ``device`` (default CPU). No host sync.
+    """
+    op = "attention_mask"
+    lengths = _tensor_arg(op, "lengths", lengths)
+    q_lengths = _tensor_arg(op, "q_lengths", q_lengths)
+    q_len = _int_arg(op, "q_len", q_len)
+    k_len = _int_arg(op, "k_len", k_len)
+    wl, wr = _window_args(op, window)
+    given = lengths if lengths is not None else q_lengths
+    if given is not None and device is not None:
+        dev = torch.device(device)  # "cuda" names the same device as cuda:0
+        if dev.type != given.device.type or dev.index not in (None, given.device.index):
+            raise ValueError(f"maskext.{op}: device {dev} differs from the lengths' device {given.device}")
+    if lengths is None:
+        B = q_lengths.shape[0] if q_lengths is not None else 1
+        dev = given.device if given is not None else (device if device is not None else "cpu")
+        lengths = torch.full((B,), k_len, dtype=torch.int64, device=dev)
+    return _ops.attention_mask(lengths, q_lengths, q_len, k_len, causal, wl, wr, dtype)
+
+
+# ---------------------------------------------------------------- masked softmax
+
+def masked_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optional[Tensor] = None,
+                   q_lengths: Optional[Tensor] = None, causal: bool = False,
+                   window: Optional[Sequence[Optional[int]]] = None, scale: Optional[float] = None,
+                   bias: Optional[Tensor] = None) -> Tensor:
+    """Softmax over the last dim of ``scale * x + bias`` restricted to the visible keys.
+
+    The fused replacement for ``(scale * x + bias).masked_fill(~mask, -inf).softmax(-1)``
+    that never builds the mask and never reads masked scores.
+
+    * ``x``: ``(B, Tk)`` or ``(B, ..., Tq, Tk)``, float16/bfloat16/float32/float64,
+      any strides. Output: same shape and dtype, contiguous.
+    * ``lengths`` / ``q_lengths`` ``(B,)``, ``causal``, ``window``: see the module
+      docstring (causal, window and q_lengths need ``x`` with a query dim).
+    * ``mask``: bool, broadcastable to ``x``, True = keep; read with broadcast
+      strides, never expanded in memory.
+    * ``bias``: x's dtype, broadcastable to ``x``, added after ``scale``;
+      ``-inf`` and ``finfo.min`` entries count as masked. Gets a gradient
+      (summed over broadcast dims) when it requires one.
+    * Fully masked rows are exactly 0 and get gradient 0; masking never makes NaN.
+    Accumulation is in fp32 (fp64 for fp64 inputs).
+    """
+    op = "masked_softmax"
+    x = _tensor_arg(op, "x", x, optional=False)
+    mask = _tensor_arg(op, "mask", mask)
+    bias = _tensor_arg(op, "bias", bias)
+    lengths = _tensor_arg(op, "lengths", lengths)
+    q_lengths = _tensor_arg(op, "q_lengths", q_lengths)
+    wl, wr = _window_args(op, window)
+    scale = 1.0 if scale is None else float(scale)
+    return _ops.masked_softmax(x, mask, bias, lengths, q_lengths, bool(causal), wl, wr, scale)
+
+
+def _softmax_setup_context(ctx, inputs, output):
+    x, mask, bias, lengths, q_lengths, causal, wl, wr, scale = inputs
+    ctx.save_for_backward(output, lengths, q_lengths)
+    ctx.spec = (causal, wl, wr, scale)
+    ctx.bias_shape = None if bias is None else bias.shape
+
+
+def _softmax_backward(ctx, grad):
+    y, lengths, q_lengths = ctx.saved_tensors
+    causal, wl, wr, scale = ctx.spec
+    need_x, need_bias = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
+    dx = dbias = None
+    if need_bias:
+        # d(loss)/d(scale * x + bias) once; x's gradient is that times scale.
+        dz = _ops.masked_softmax_backward(grad, y, lengths, q_lengths, causal, wl, wr, 1.0)
+        dbias = dz.sum_to_size(ctx.bias_shape)
+        if need_x:
+            dx = dz * scale
+    elif need_x:
+        dx = _ops.masked_softmax_backward(grad, y, lengths, q_lengths, causal, wl, wr, scale)
+    return dx, None, dbias, None, None, None, None, None, None
+
+
+torch.library.register_autograd("maskext::masked_softmax", _softmax_backward,
+                                setup_context=_softmax_setup_context)
+
+
+# ---------------------------------------------------------------- fake implementations
+
+@torch.library.register_fake("maskext::lengths_to_mask")
+def _lengths_to_mask_fake(lengths, max_len, left_pad, padding, dtype):
+    if max_len is None:
+        max_len = torch.library.get_ctx().new_dynamic_size()
+    return lengths.new_empty((lengths.shape[0], max_len), dtype=dtype)
+
+
+@torch.library.register_fake("maskext::attention_mask")
+def _attention_mask_fake(lengths, q_lengths, q_len, k_len, causal, wl, wr, dtype):
+    return lengths.new_empty((lengths.shape[0], 1, q_len, k_len), dtype=dtype)
+
+
+@torch.library.register_fake("maskext::mask_to_lengths")
+def _mask_to_lengths_fake(mask):
+    return mask.new_empty((mask.shape[0],), dtype=torch.int64)
+
+
+@torch.library.register_fake("maskext::lengths_from_padded")
+def _lengths_from_padded_fake(x, pad_value, dim):
+    return x.new_empty((x.shape[0],), dtype=torch.int64)
+
+
+@torch.library.register_fake("maskext::masked_softmax")
+def _masked_softmax_fake(x, mask, bias, lengths, q_lengths, causal, wl, wr, scale):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("maskext::masked_softmax_backward")
+def _masked_softmax_backward_fake(grad_out, out, lengths, q_lengths, causal, wl, wr, scale):
+    return torch.empty_like(out, memory_format=torch.contiguous_format)

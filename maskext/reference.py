@@ -1,0 +1,98 @@
+"""Plain-PyTorch references of every maskext op: the truth for tests and
+benchmarks. Written the obvious way (arange comparisons, masked_fill,
+softmax), independent of the kernels' shared row-bounds code."""
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+
+def lengths_to_mask(lengths: Tensor, max_len: Optional[int] = None, *, left_pad: bool = False,
+                    dtype: torch.dtype = torch.bool) -> Tensor:
+    if max_len is None:
+        max_len = int(lengths.max()) if lengths.numel() else 0
+    pos = torch.arange(max_len, device=lengths.device)
+    lengths = lengths.to(torch.int64)[:, None]
+    keep = pos >= max_len - lengths if left_pad else pos < lengths
+    return keep.to(dtype)
+
+
+def lengths_to_padding_mask(lengths: Tensor, max_len: Optional[int] = None, *,
+                            left_pad: bool = False) -> Tensor:
+    return ~lengths_to_mask(lengths, max_len, left_pad=left_pad)
+
+
+def mask_to_lengths(mask: Tensor) -> Tensor:
+    return mask.sum(-1, dtype=torch.int64)
+
+
+def lengths_from_padded(x: Tensor, pad_value, dim: int = 1) -> Tensor:
+    x = x.movedim(dim, 1)
+    real = (x != pad_value).reshape(x.shape[0], x.shape[1], -1).any(-1)  # (B, T)
+    steps = torch.arange(1, x.shape[1] + 1, device=x.device)
+    return (real * steps).amax(-1) if x.shape[1] else torch.zeros(x.shape[0], dtype=torch.int64,
+                                                                  device=x.device)
+
+
+def visible(q_len: int, k_len: int, lengths: Optional[Tensor] = None,
+            q_lengths: Optional[Tensor] = None, causal: bool = False,
+            window: Optional[Sequence[Optional[int]]] = None,
+            device=None) -> Tensor:
+    """``(B, 1, q_len, k_len)`` bool: which keys each query sees (B = 1 without lengths)."""
+    if lengths is not None:
+        device = lengths.device
+    elif q_lengths is not None:
+        device = q_lengths.device
+    i = torch.arange(q_len, device=device)[:, None]
+    j = torch.arange(k_len, device=device)[None, :]
+    keep = torch.ones(q_len, k_len, dtype=torch.bool, device=device)
+    p = i + (k_len - q_len)  # bottom-right alignment
+    if causal:
+        keep = keep & (j <= p)
+    if window is not None:
+        left, right = window
+        if left is not None:
+            keep = keep & (j >= p - left)
+        if right is not None:
+            keep = keep & (j <= p + right)
+    keep = keep[None, None]
+    if lengths is not None:
+        keep = keep & (j < lengths.to(torch.int64)[:, None, None, None])
+    if q_lengths is not None:
+        keep = keep & (i < q_lengths.to(torch.int64)[:, None, None, None])
+    return keep
+
+
+def attention_mask(lengths: Optional[Tensor] = None, *, q_len: int, k_len: int,
+                   q_lengths: Optional[Tensor] = None, causal: bool = False,
+                   window: Optional[Sequence[Optional[int]]] = None,
+                   dtype: torch.dtype = torch.bool, device=None) -> Tensor:
+    keep = visible(q_len, k_len, lengths, q_lengths, causal, window, device)
+    if dtype == torch.bool:
+        return keep
+    zero = torch.zeros((), dtype=dtype, device=keep.device)
+    return torch.where(keep, zero, torch.finfo(dtype).min)
+
+
+def masked_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optional[Tensor] = None,
+                   q_lengths: Optional[Tensor] = None, causal: bool = False,
+                   window: Optional[Sequence[Optional[int]]] = None,
+                   scale: Optional[float] = None, bias: Optional[Tensor] = None,
+                   compute_dtype: torch.dtype = torch.float64) -> Tensor:
+    """Computed in ``compute_dtype`` (float64 by default), returned in x's dtype."""
+    z = x.to(compute_dtype) * (1.0 if scale is None else scale)
+    if x.dim() == 2:
+        keep = visible(1, x.shape[-1], lengths, device=x.device)[:, 0, 0, :]
+    else:
+        keep = visible(x.shape[-2], x.shape[-1], lengths, q_lengths, causal, window, x.device)
+        keep = keep.reshape(keep.shape[:1] + (1,) * (x.dim() - 3) + keep.shape[-2:])
+    if mask is not None:
+        keep = keep & mask
+    if bias is not None:
+        keep = keep & (bias > torch.finfo(bias.dtype).min)
+        z = z + bias.to(compute_dtype)
+    any_kept = keep.any(-1, keepdim=True)
+    # Fully masked rows: softmax of zeros, then 0 (keeps autograd free of NaN).
+    z = torch.where(any_kept, z.masked_fill(~keep, float("-inf")), 0.0)
+    y = torch.where(any_kept, torch.softmax(z, -1), 0.0)
+    return y.to(x.dtype)

@@ -1,0 +1,117 @@
+"""Build maskext and its one extension module, maskext._C.
+
+Environment:
+  MASKEXT_BUILD_CUDA=auto|0|1  auto (default): CUDA kernels when torch is a CUDA
+                               build and nvcc is found; 1: fail if they cannot be
+                               built; 0: CPU only. A GPU is never needed to build.
+  MASKEXT_CPU_AVX2=auto|0      x86-64 CPU kernels use AVX2+FMA (default); 0 builds
+                               portable CPU kernels.
+  TORCH_CUDA_ARCH_LIST         default when unset and no GPU is visible: 8.0;8.6;9.0+PTX
+  MAX_JOBS                     parallel compile jobs (ninja).
+"""
+import glob
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+
+from setuptools import setup
+
+import torch
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCH_LIST = "8.0;8.6;9.0+PTX"
+
+
+def log(msg):
+    print(f"maskext setup: {msg}", file=sys.stderr, flush=True)
+
+
+def find_cuda_home():
+    """CUDA_HOME if set; else the toolkit that the nvcc on PATH really runs
+    (nvcc may be a wrapper script outside the toolkit)."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return "/usr/local/cuda" if os.path.exists("/usr/local/cuda/bin/nvcc") else None
+    try:
+        out = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-E", "-"], input="",
+                             capture_output=True, text=True, timeout=60)
+        m = re.search(r"^#\$ TOP=(.*)/bin/\.\.$", out.stderr, re.M)
+        if m and os.path.exists(os.path.join(m.group(1), "bin", "nvcc")):
+            return m.group(1)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+
+
+def cuda_plan():
+    """(build_cuda, reason): decided by torch.version.cuda and the toolkit, never
+    by whether a GPU is visible."""
+    mode = os.environ.get("MASKEXT_BUILD_CUDA", "auto").strip().lower()
+    if mode not in ("auto", "0", "1"):
+        sys.exit(f"maskext setup: MASKEXT_BUILD_CUDA must be auto, 0 or 1, got {mode!r}")
+    if mode == "0":
+        return False, "MASKEXT_BUILD_CUDA=0"
+    problem = None
+    cuda_home = find_cuda_home()
+    if torch.version.cuda is None:
+        problem = f"torch {torch.__version__} is a CPU-only build (torch.version.cuda is None)"
+    elif cuda_home is None or not os.path.exists(os.path.join(cuda_home, "bin", "nvcc")):
+        problem = "nvcc not found: set CUDA_HOME to the CUDA toolkit"
+    if problem:
+        if mode == "1":
+            sys.exit(f"maskext setup: MASKEXT_BUILD_CUDA=1 but the CUDA kernels cannot be built: {problem}")
+        return False, problem
+    os.environ["CUDA_HOME"] = cuda_home  # read by torch.utils.cpp_extension at import
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
+    return True, f"CUDA_HOME={cuda_home}, TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '(visible GPUs)')}"
+
+
+def cpu_flags():
+    if platform.machine().lower() not in ("x86_64", "amd64") or sys.platform == "win32":
+        return []
+    if os.environ.get("MASKEXT_CPU_AVX2", "auto").strip() == "0":
+        return []
+    # at::vec picks its AVX2 implementation (Sleef exp from libtorch_cpu) from these.
+    return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+
+
+def extensions():
+    build_cuda, reason = cuda_plan()
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension  # after CUDA_HOME is set
+
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    cxx = ["-O3"] + cpu_flags()
+    include_dirs = [os.path.join(ROOT, "csrc", "include")]
+    if not build_cuda:
+        log(f"building the CPU kernels only ({reason})")
+        return [CppExtension("maskext._C", sources, include_dirs=include_dirs,
+                             extra_compile_args={"cxx": cxx})]
+    log(f"building the CPU and CUDA kernels ({reason})")
+    sources += sorted(glob.glob("csrc/cuda/*.cu"))
+    nvcc = ["-O3", "-DMASKEXT_WITH_CUDA", "--expt-relaxed-constexpr", "-lineinfo"]
+    return [CUDAExtension("maskext._C", sources, include_dirs=include_dirs,
+                          extra_compile_args={"cxx": cxx + ["-DMASKEXT_WITH_CUDA"], "nvcc": nvcc})]
+
+
+def build_ext_class():
+    from torch.utils.cpp_extension import BuildExtension
+    return BuildExtension.with_options(use_ninja=True)
+
+
+setup(
+    name="maskext",
+    version="0.1.0",
+    description="Fused masks and masked softmax for sequence models, from lengths (PyTorch C++/CUDA extension)",
+    packages=["maskext"],
+    python_requires=">=3.10",
+    install_requires=["torch>=2.6"],
+    ext_modules=extensions(),
+    cmdclass={"build_ext": build_ext_class()},
+    zip_safe=False,
+)
