@@ -86,7 +86,7 @@ def extensions():
     from torch.utils.cpp_extension import CppExtension, CUDAExtension  # after CUDA_HOME is set
 
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3"] + cpu_flags()
+    cxx = ["-O3", "-Wno-unknown-pragmas"] + cpu_flags()
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     if not build_cuda:
         log(f"building the CPU kernels only ({reason})")

@@ -28,10 +28,11 @@ def mask_to_lengths(mask: Tensor) -> Tensor:
 
 def lengths_from_padded(x: Tensor, pad_value, dim: int = 1) -> Tensor:
     x = x.movedim(dim, 1)
-    real = (x != pad_value).reshape(x.shape[0], x.shape[1], -1).any(-1)  # (B, T)
+    if x.shape[1] == 0:
+        return torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+    real = (x != pad_value).flatten(2).any(-1) if x.dim() > 2 else x != pad_value  # (B, T)
     steps = torch.arange(1, x.shape[1] + 1, device=x.device)
-    return (real * steps).amax(-1) if x.shape[1] else torch.zeros(x.shape[0], dtype=torch.int64,
-                                                                  device=x.device)
+    return (real * steps).amax(-1)
 
 
 def visible(q_len: int, k_len: int, lengths: Optional[Tensor] = None,

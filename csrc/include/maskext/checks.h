@@ -41,7 +41,7 @@ struct SoftmaxArgs {
   const void* bias = nullptr;  // optional, x's dtype, broadcast strides
   int64_t bs[4] = {0, 0, 0, 0};
   double scale = 1.0;
-  int64_t rows() const { return B * H * Tq; }
+  MASKEXT_HD int64_t rows() const { return B * H * Tq; }
 };
 
 // Checked, canonicalised inputs: the tensors stay alive as long as this does.
