@@ -41,18 +41,6 @@ void from_acc(const acc_t* src, scalar_t* dst, int64_t n) {
   }
 }
 
-// exp_u20 (a polynomial, ~20 ulp) where this torch has it: exp is the cost of
-// a CPU softmax, and Sleef's 1-ulp exp is about twice as slow.
-template <typename V, typename = void>
-struct HasExpU20 : std::false_type {};
-template <typename V>
-struct HasExpU20<V, std::void_t<decltype(std::declval<V>().exp_u20())>> : std::true_type {};
-
-template <typename V>
-V vec_exp(const V& v) {
-  if constexpr (HasExpU20<V>::value) return v.exp_u20(); else return v.exp();
-}
-
 // z[k] = exp(z[k] - mx) in place; returns the sum.
 template <typename acc_t>
 acc_t exp_sum_inplace(acc_t* z, int64_t n, acc_t mx) {
@@ -61,7 +49,7 @@ acc_t exp_sum_inplace(acc_t* z, int64_t n, acc_t mx) {
   Vec acc(acc_t(0));
   int64_t k = 0;
   for (; k + Vec::size() <= n; k += Vec::size()) {
-    const Vec e = vec_exp(Vec::loadu(z + k) - vmx);
+    const Vec e = (Vec::loadu(z + k) - vmx).exp();
     e.store(z + k);
     acc = acc + e;
   }

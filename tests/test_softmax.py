@@ -1,0 +1,294 @@
+"""Fused masked softmax (forward and backward) against maskext.reference."""
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import maskext
+from maskext import reference as R
+
+TK = [1, 3, 97, 1000, 1025, 4097]
+
+
+def rand_lengths(B, T, device, dtype=torch.int64):
+    L = torch.randint(0, T + 1, (B,), dtype=dtype)
+    if B >= 3:
+        L[0], L[1], L[2] = 0, T, T + 3  # zero, full, longer than the row
+    return L.to(device)
+
+
+def check(x, atol=None, **kw):
+    got = maskext.masked_softmax(x, **kw)
+    want = R.masked_softmax(x, **kw)
+    assert got.shape == x.shape and got.dtype == x.dtype and got.is_contiguous()
+    assert not got.isnan().any()
+    if atol is None and x.dtype == torch.float64:
+        atol = 1e-12
+    elif atol is None:  # within 2x of what PyTorch's own softmax in x's dtype achieves
+        ref = R.masked_softmax(x, compute_dtype=x.dtype, **kw)
+        torch_err = (ref.double() - want.double()).abs().max().item() if x.numel() else 0.0
+        atol = 2 * torch_err + (2e-6 if x.dtype == torch.float32 else 1e-3)
+    torch.testing.assert_close(got, want, atol=atol, rtol=0)
+    return got
+
+
+@pytest.mark.parametrize("Tk", TK)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lengths_2d_and_4d(device, Tk, dtype):
+    x = torch.randn(5, Tk, device=device, dtype=dtype) * 3
+    check(x, lengths=rand_lengths(5, Tk, device))
+    x = torch.randn(4, 2, 3, Tk, device=device, dtype=dtype) * 3
+    check(x, lengths=rand_lengths(4, Tk, device, torch.int32))
+
+
+@pytest.mark.parametrize("Tq,Tk", [(1, 1), (3, 3), (97, 97), (5, 97), (97, 5), (1, 1025),
+                                   (33, 1025)])
+def test_every_mask_combination(device, Tq, Tk):
+    B = 4
+    x = torch.randn(B, 2, Tq, Tk, device=device) * 2
+    L, QL = rand_lengths(B, Tk, device), rand_lengths(B, Tq, device, torch.int32)
+    masks = [None, torch.rand(B, 1, Tq, Tk, device=device) > 0.3]
+    biases = [None, torch.randn(1, 2, 1, Tk, device=device)]
+    for lengths, q_lengths, causal, window, mask, bias, scale in itertools.product(
+            [None, L], [None, QL], [False, True], [None, (3, 1), (None, 0)], masks, biases,
+            [None, 0.3]):
+        check(x, mask=mask, lengths=lengths, q_lengths=q_lengths, causal=causal, window=window,
+              bias=bias, scale=scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("Tk", [3, 97, 1000, 4097])
+def test_low_precision(device, dtype, Tk):
+    x = (torch.randn(3, 2, 5, Tk, device=device) * 4).to(dtype)
+    L = rand_lengths(3, Tk, device)
+    check(x, lengths=L)
+    check(x, lengths=L, causal=True, scale=0.5)
+    check(x, lengths=L, bias=torch.randn(5, Tk, device=device).to(dtype),
+          mask=torch.rand(3, 1, 1, Tk, device=device) > 0.2)
+
+
+def test_non_contiguous(device):
+    base = torch.randn(4, 3, 40, 70, device=device)
+    L = rand_lengths(4, 33, device)
+    check(base[..., 5:38], lengths=L, causal=True)          # sliced last dim, odd offset
+    check(base.transpose(1, 2)[:, :, :, :33], lengths=L)    # permuted middle dims
+    check(base[..., ::2], lengths=L)                        # last-dim stride 2
+    check(base.transpose(-1, -2)[..., :33, :], lengths=L)   # column-major rows
+
+
+@pytest.mark.parametrize("mshape", [(33,), (1, 33), (40, 33), (4, 1, 1, 33), (4, 3, 40, 33),
+                                    (1, 3, 40, 1), (4, 1, 40, 33)])
+def test_broadcast_masks_and_biases(device, mshape):
+    x = torch.randn(4, 3, 40, 33, device=device)
+    mask = torch.rand(mshape, device=device) > 0.4
+    bias = torch.randn(mshape, device=device)
+    check(x, mask=mask)
+    check(x, bias=bias, lengths=rand_lengths(4, 33, device))
+
+
+def test_bias_masks_with_min_and_inf(device):
+    x = torch.randn(2, 3, 7, device=device)
+    bias = torch.zeros(2, 3, 7, device=device)
+    bias[0, :, 2:] = float("-inf")
+    bias[1, :, :4] = torch.finfo(torch.float32).min
+    bias[1, 2, :] = torch.finfo(torch.float32).min  # a fully masked row
+    y = check(x, bias=bias)
+    assert (y[0, :, 2:] == 0).all() and (y[1, :, :4] == 0).all() and (y[1, 2] == 0).all()
+
+
+def test_fully_masked_rows_are_zero_with_zero_grad(device):
+    x = torch.randn(3, 2, 4, 6, device=device, requires_grad=True)
+    L = torch.tensor([0, 6, 2], device=device)
+    QL = torch.tensor([4, 1, 0], device=device)
+    mask = torch.ones(3, 2, 4, 6, dtype=torch.bool, device=device)
+    mask[1, 1, 0] = False
+    y = maskext.masked_softmax(x, mask, lengths=L, q_lengths=QL)
+    assert (y[0] == 0).all() and (y[1, :, 1:] == 0).all() and (y[2] == 0).all()
+    assert (y[1, 1, 0] == 0).all()
+    torch.testing.assert_close(y[1, 0, 0].sum(), torch.tensor(1.0, device=device))
+    y.backward(torch.randn_like(y))
+    assert not x.grad.isnan().any()
+    assert (x.grad[0] == 0).all() and (x.grad[2] == 0).all() and (x.grad[1, 1, 0] == 0).all()
+
+
+def test_empty(device):
+    for shape in [(0, 5), (3, 0), (2, 0, 4, 4), (2, 3, 0, 7), (2, 3, 4, 0)]:
+        x = torch.randn(shape, device=device, requires_grad=True)
+        L = torch.zeros(shape[0], dtype=torch.int64, device=device)
+        y = maskext.masked_softmax(x, lengths=L)
+        assert y.shape == x.shape
+        y.sum().backward()
+        assert x.grad.shape == x.shape
+
+
+def test_five_dims(device):
+    x = torch.randn(2, 3, 2, 5, 9, device=device)
+    check(x, lengths=torch.tensor([4, 9], device=device), causal=True,
+          mask=torch.rand(2, 1, 2, 1, 9, device=device) > 0.3)
+
+
+def test_very_long_rows(device):
+    Tk = 70001
+    x = torch.randn(2, 1, 2, Tk, device=device) * 5
+    check(x, lengths=torch.tensor([Tk, 65537], device=device), window=(None, 40000))
+
+
+def test_extreme_scores(device):
+    x = torch.tensor([[1e30, -1e30, 0.0, 5.0], [-1e30, -1e30, -1e30, -1e30]], device=device)
+    check(x, lengths=torch.tensor([3, 4], device=device))
+    x = torch.full((2, 5), float("-inf"), device=device)
+    x[0, 1] = 0.0
+    y = maskext.masked_softmax(x)  # -inf scores are masked positions; an all -inf row is 0
+    assert y[0].tolist() == [0, 1, 0, 0, 0] and (y[1] == 0).all()
+
+
+# ---------------------------------------------------------------- gradients
+
+def test_gradcheck(device):
+    B, H, Tq, Tk = 3, 2, 4, 6
+    x = torch.randn(B, H, Tq, Tk, device=device, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(1, H, Tq, Tk, device=device, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(B, 1, 1, Tk, device=device) > 0.2
+    L = torch.tensor([6, 3, 0], device=device)
+    QL = torch.tensor([4, 2, 3], device=device)
+    f = lambda x, bias: maskext.masked_softmax(x, mask, lengths=L, q_lengths=QL, causal=True,
+                                               window=(2, None), scale=0.7, bias=bias)
+    assert torch.autograd.gradcheck(f, (x, bias))
+    g = lambda x: maskext.masked_softmax(x, lengths=L, scale=1.3)
+    assert torch.autograd.gradcheck(g, (x,))
+
+
+@pytest.mark.parametrize("Tk", [5, 1000, 1025])
+def test_backward_matches_reference(device, Tk):
+    x = torch.randn(3, 2, 6, Tk, device=device, requires_grad=True)
+    bias = torch.randn(6, Tk, device=device, requires_grad=True)
+    kw = dict(lengths=rand_lengths(3, Tk, device), causal=True, scale=0.5)
+    dy = torch.randn(3, 2, 6, Tk, device=device)
+    gx, gb = torch.autograd.grad(maskext.masked_softmax(x, bias=bias, **kw), (x, bias), dy)
+    rx, rb = torch.autograd.grad(R.masked_softmax(x, bias=bias, compute_dtype=torch.float32, **kw),
+                                 (x, bias), dy)
+    torch.testing.assert_close(gx, rx, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(gb, rb, atol=1e-5, rtol=1e-4)
+    # non-contiguous grad_out
+    dyt = torch.randn(3, 2, Tk, 6, device=device).transpose(-1, -2)
+    gx = torch.autograd.grad(maskext.masked_softmax(x, **kw), x, dyt)[0]
+    rx = torch.autograd.grad(R.masked_softmax(x, compute_dtype=torch.float32, **kw), x, dyt)[0]
+    torch.testing.assert_close(gx, rx, atol=1e-5, rtol=1e-4)
+
+
+class Attention(torch.nn.Module):
+    """A small multi-head attention layer, written the usual way or with maskext."""
+
+    def __init__(self, dim, heads, use_maskext):
+        super().__init__()
+        self.heads, self.use_maskext = heads, use_maskext
+        self.qkv = torch.nn.Linear(dim, 3 * dim)
+        self.proj = torch.nn.Linear(dim, dim)
+
+    def forward(self, x, lengths):
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2)
+        scale = 1 / math.sqrt(D // self.heads)
+        if self.use_maskext:
+            p = maskext.masked_softmax(scores, lengths=lengths, causal=True, scale=scale)
+        else:
+            keep = (torch.arange(T, device=x.device) < lengths[:, None])[:, None, None, :]
+            keep = keep & torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            p = (scores * scale).masked_fill(~keep, float("-inf")).softmax(-1)
+        return self.proj((p @ v).transpose(1, 2).reshape(B, T, D))
+
+
+def test_drop_in_attention_layer(device):
+    B, T, D = 4, 13, 16
+    ref = Attention(D, 4, use_maskext=False).to(device)
+    ours = Attention(D, 4, use_maskext=True).to(device)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(B, T, D, device=device)
+    L = torch.tensor([13, 1, 7, 10], device=device)  # every query row has a real key (causal)
+    real = (torch.arange(T, device=device) < L[:, None])[..., None]
+    y_ref, y = ref(x, L), ours(x, L)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    ((y_ref * real) ** 2).sum().backward()
+    ((y * real) ** 2).sum().backward()
+    for (n, p_ref), p in zip(ref.named_parameters(), ours.parameters()):
+        torch.testing.assert_close(p.grad, p_ref.grad, atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_module(device):
+    sm = maskext.nn.MaskedSoftmax(causal=True, window=(3, 0), scale=0.5)
+    x = torch.randn(2, 4, 9, 9, device=device)
+    L = torch.tensor([9, 5], device=device)
+    torch.testing.assert_close(sm(x, lengths=L),
+                               maskext.masked_softmax(x, lengths=L, causal=True, window=(3, 0),
+                                                      scale=0.5))
+    assert "causal=True" in repr(sm)
+
+
+# ---------------------------------------------------------------- errors
+
+def test_errors(device):
+    x = torch.randn(4, 2, 3, 5, device=device)
+    with pytest.raises(RuntimeError, match=r"masked_softmax: lengths must have shape \[B\] with B = x.size\(0\) = 4, got \[3\]"):
+        maskext.masked_softmax(x, lengths=torch.tensor([1, 2, 3], device=device))
+    with pytest.raises(RuntimeError, match=r"masked_softmax: lengths must be an integer tensor \(int32 or int64\), got Float"):
+        maskext.masked_softmax(x, lengths=torch.ones(4, device=device))
+    with pytest.raises(RuntimeError, match=r"masked_softmax: mask of shape \[2, 5\] does not broadcast to x of shape \[4, 2, 3, 5\]"):
+        maskext.masked_softmax(x, torch.ones(2, 5, dtype=torch.bool, device=device))
+    with pytest.raises(RuntimeError, match=r"masked_softmax: mask must be a bool tensor \(True = keep\), got Float"):
+        maskext.masked_softmax(x, torch.ones(5, device=device))
+    with pytest.raises(RuntimeError, match=r"masked_softmax: bias must have x's dtype Float, got Double"):
+        maskext.masked_softmax(x, bias=torch.ones(5, dtype=torch.float64, device=device))
+    with pytest.raises(RuntimeError, match=r"masked_softmax: bias of shape \[4\] does not broadcast"):
+        maskext.masked_softmax(x, bias=torch.ones(4, device=device))
+    with pytest.raises(RuntimeError, match=r"masked_softmax: causal, window and q_lengths need a query dim, \(B, \.\.\., Tq, Tk\); got a 2-D x of shape \[4, 5\]"):
+        maskext.masked_softmax(x[:, 0, 0], causal=True)
+    with pytest.raises(RuntimeError, match=r"masked_softmax: x must be float16, bfloat16, float32 or float64, got Long"):
+        maskext.masked_softmax(x.long())
+    with pytest.raises(ValueError, match=r"masked_softmax: window right must be an int >= 0 or None"):
+        maskext.masked_softmax(x, window=(1, -2))
+    if device == "cpu":
+        with pytest.raises(RuntimeError, match=r"masked_softmax: lengths must be >= 0, got a value of -1"):
+            maskext.masked_softmax(x, lengths=torch.tensor([1, -1, 2, 3]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_error_lengths_on_wrong_device():
+    x = torch.randn(2, 3, device="cuda")
+    with pytest.raises(RuntimeError, match=r"masked_softmax: lengths must be on the data's device cuda:0, got cpu"):
+        maskext.masked_softmax(x, lengths=torch.tensor([1, 2]))
+
+
+# ---------------------------------------------------------------- opcheck / compile
+
+def test_opcheck(device):
+    ops = torch.ops.maskext
+    x = torch.randn(3, 2, 5, 7, device=device, requires_grad=True)
+    L = torch.tensor([7, 0, 3], device=device)
+    QL = torch.tensor([5, 2, 1], device=device, dtype=torch.int32)
+    mask = torch.rand(3, 1, 5, 7, device=device) > 0.3
+    bias = torch.randn(1, 2, 1, 7, device=device, requires_grad=True)
+    torch.library.opcheck(ops.masked_softmax, (x, mask, bias, L, QL, True, 2, -1, 0.5))
+    torch.library.opcheck(ops.masked_softmax, (x, None, None, L, None, False, -1, -1, 1.0))
+    y = maskext.masked_softmax(x.detach(), lengths=L)
+    torch.library.opcheck(ops.masked_softmax_backward,
+                          (torch.randn_like(y), y, L, QL, True, 2, -1, 0.5))
+
+
+def test_compile_fullgraph_forward_backward(device):
+    def f(x, bias, L):
+        return maskext.masked_softmax(x, lengths=L, causal=True, scale=0.5, bias=bias) * 2
+
+    x = torch.randn(2, 3, 6, 6, device=device, requires_grad=True)
+    bias = torch.randn(6, 6, device=device, requires_grad=True)
+    L = torch.tensor([6, 4], device=device)
+    dy = torch.randn(2, 3, 6, 6, device=device)
+    y = torch.compile(f, fullgraph=True)(x, bias, L)
+    gx, gb = torch.autograd.grad(y, (x, bias), dy)
+    y2 = f(x, bias, L)
+    rx, rb = torch.autograd.grad(y2, (x, bias), dy)
+    torch.testing.assert_close(y, y2)
+    torch.testing.assert_close(gx, rx)
+    torch.testing.assert_close(gb, rb)
