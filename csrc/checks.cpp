@@ -32,9 +32,12 @@ void check_lengths(const char* op, const char* name, const at::Tensor& lengths,
               " must have shape [B] with B = ", B_desc, " = ", B, ", got ", lengths.sizes());
   TORCH_CHECK(lengths.device() == device, "maskext::", op, ": ", name,
               " must be on the data's device ", device, ", got ", lengths.device());
-  if (lengths.device().is_cpu() && lengths.numel() > 0) {
-    const int64_t lo = lengths.min().item<int64_t>();
-    TORCH_CHECK(lo >= 0, "maskext::", op, ": ", name, " must be >= 0, got a value of ", lo);
+  if (lengths.device().is_cpu()) {  // a plain loop: cheaper than a reduction op
+    const at::Tensor c = lengths.contiguous();
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t v = load_length(c.data_ptr(), c.scalar_type() == at::kLong, b);
+      TORCH_CHECK(v >= 0, "maskext::", op, ": ", name, " must be >= 0, got a value of ", v);
+    }
   }
 }
 

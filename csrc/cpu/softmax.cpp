@@ -32,11 +32,15 @@ const acc_t* to_acc(const scalar_t* src, acc_t* buf, int64_t n) {
   }
 }
 
+// dst[0:n] = src[0:n] * factor, converted to scalar_t (src is used as scratch).
 template <typename scalar_t, typename acc_t>
-void from_acc(const acc_t* src, scalar_t* dst, int64_t n) {
+void store_scaled(acc_t* src, acc_t factor, scalar_t* dst, int64_t n) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  auto mul = [factor](Vec v) { return v * Vec(factor); };
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    std::copy(src, src + n, dst);
+    at::vec::map(mul, dst, src, n);
   } else {
+    at::vec::map(mul, src, src, n);
     at::vec::convert(src, dst, n);
   }
 }
@@ -118,8 +122,7 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
         continue;
       }
       const acc_t inv = acc_t(1) / exp_sum_inplace(z, n, mx);
-      at::vec::map([inv](Vec v) { return v * Vec(inv); }, z, z, n);
-      from_acc(z, o + lo, n);
+      store_scaled(z, inv, o + lo, n);
     }
   });
 }
@@ -137,7 +140,7 @@ void softmax_backward_kernel(const SoftmaxArgs& a) {
 
   at::parallel_for(0, a.rows(), row_grain(Tk), [&](int64_t r0, int64_t r1) {
     const bool convert = !std::is_same_v<scalar_t, acc_t>;
-    std::vector<acc_t> ybuf(convert ? Tk : 0), gbuf(convert ? Tk : 0), obuf(Tk);
+    std::vector<acc_t> ybuf(convert ? Tk : 0), gbuf(convert ? Tk : 0), obuf(convert ? Tk : 0);
     for (int64_t r = r0; r < r1; ++r) {
       const RowIndex ix = split_row(a, r);
       int64_t lo, hi;
@@ -152,10 +155,13 @@ void softmax_backward_kernel(const SoftmaxArgs& a) {
                                gbuf.data(), n);
       const acc_t dot = at::vec::map2_reduce_all<acc_t>(
           [](Vec p, Vec q) { return p * q; }, [](Vec p, Vec q) { return p + q; }, yr, gr, n);
-      at::vec::map2(
-          [dot, scale](Vec yv, Vec gv) { return yv * (gv - Vec(dot)) * Vec(scale); },
-          obuf.data(), yr, gr, n);
-      from_acc(obuf.data(), o + lo, n);
+      auto grad = [dot, scale](Vec yv, Vec gv) { return yv * (gv - Vec(dot)) * Vec(scale); };
+      if constexpr (std::is_same_v<scalar_t, acc_t>) {
+        at::vec::map2(grad, o + lo, yr, gr, n);
+      } else {
+        at::vec::map2(grad, obuf.data(), yr, gr, n);
+        at::vec::convert(obuf.data(), o + lo, n);
+      }
     }
   });
 }

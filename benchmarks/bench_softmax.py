@@ -1,0 +1,169 @@
+"""Masked softmax, forward and backward: maskext vs eager PyTorch vs
+torch._masked_softmax vs torch.compile of the eager code vs a plain copy.
+
+    python benchmarks/bench_softmax.py [--device cpu|cuda] [--full] [--out DIR]
+
+Lengths are uniform in [Tk/2, Tk] ("padded"), all Tk ("full"), or padded plus
+causal ("causal+padded", Tq == Tk). Every provider's output is checked against
+maskext's before it is timed.
+"""
+import argparse
+import math
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+import maskext  # noqa: E402
+
+PROVIDERS = ["maskext", "eager", "torch._masked_softmax", "torch.compile", "copy"]
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+CUDA_SHAPES = [(16, 16, 1024, 1024), (4, 16, 1000, 1000), (2, 16, 4096, 4096),
+               (1, 16, 16384, 16384), (64, 32, 1, 8192), (256, 8, 128, 128), (8, 16, 1, 65536)]
+CPU_SHAPES = [(8, 8, 512, 512), (16, 8, 1, 4096)]
+CPU_SHAPES_FULL = CPU_SHAPES + [(4, 8, 1000, 1000), (64, 8, 128, 128)]
+
+
+def _variants(shape):
+    out = ["full", "padded"]
+    if shape[2] == shape[3]:
+        out.append("causal+padded")
+    return out
+
+
+def _inputs(shape, dtype, variant, device):
+    B, H, Tq, Tk = shape
+    x = torch.randn(shape, device=device, dtype=dtype)
+    if variant == "full":
+        L = torch.full((B,), Tk, device=device)
+    else:
+        L = torch.randint(Tk // 2, Tk + 1, (B,), device=device)
+    causal = variant.startswith("causal")
+    keep = (torch.arange(Tk, device=device) < L[:, None])[:, None, None, :]
+    if causal:
+        keep = keep & torch.ones(Tq, Tk, dtype=torch.bool, device=device).tril(Tk - Tq)
+    return x, L, causal, keep
+
+
+def _eager(x, keep):
+    return x.masked_fill(~keep, float("-inf")).softmax(-1)
+
+
+def _softmax_bwd_formula(dy, y):
+    return y * (dy - (dy * y).sum(-1, keepdim=True))
+
+
+def _safe(fn):
+    """fn, or None when it fails (unsupported, out of memory): the cell reads n/a."""
+    try:
+        fn()
+        return fn
+    except (RuntimeError, NotImplementedError, AttributeError, torch.OutOfMemoryError) as e:
+        print(f"\n  skipped: {str(e).splitlines()[0][:120]}", file=sys.stderr)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return None
+
+
+def _check(name, got, want, dtype):
+    atol = 1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-4
+    if not torch.allclose(got.float().nan_to_num(), want.float(), atol=atol, rtol=1e-2):
+        err = (got.float().nan_to_num() - want.float()).abs().max().item()
+        print(f"\n  WARNING: {name} differs from maskext by {err:.3g}", file=sys.stderr)
+
+
+def forward_providers(x, L, causal, keep):
+    y = torch.empty_like(x)
+    keep_full = keep.expand_as(x)
+    compiled = torch.compile(_eager, dynamic=False)
+    ref = maskext.masked_softmax(x, lengths=L, causal=causal)
+    fns = {
+        "maskext": lambda: maskext.masked_softmax(x, lengths=L, causal=causal),
+        "eager": lambda: _eager(x, keep),
+        "torch._masked_softmax": lambda: torch._masked_softmax(x, ~keep_full, -1, 2),
+        "torch.compile": lambda: compiled(x, keep),
+        "copy": lambda: y.copy_(x),
+    }
+    for name in ("eager", "torch._masked_softmax", "torch.compile"):
+        fn = _safe(fns[name])
+        fns[name] = fn
+        if fn is not None:
+            _check(name, fn(), ref, x.dtype)
+    return fns
+
+
+def backward_providers(x, L, causal, keep):
+    y = maskext.masked_softmax(x, lengths=L, causal=causal)
+    dy = torch.randn_like(x)
+    out = torch.empty_like(x)
+    keep_full = keep.expand_as(x)
+    compiled = torch.compile(_softmax_bwd_formula, dynamic=False)
+    ops = torch.ops.maskext
+    ref = ops.masked_softmax_backward(dy, y, L, None, causal, -1, -1, 1.0)
+    fns = {
+        "maskext": lambda: ops.masked_softmax_backward(dy, y, L, None, causal, -1, -1, 1.0),
+        "eager": lambda: torch._softmax_backward_data(dy, y, -1, x.dtype),
+        "torch._masked_softmax": lambda: torch.ops.aten._masked_softmax_backward(dy, y, ~keep_full, -1),
+        "torch.compile": lambda: compiled(dy, y),
+        "copy": lambda: out.copy_(x),
+    }
+    for name in ("eager", "torch._masked_softmax", "torch.compile"):
+        fn = _safe(fns[name])
+        fns[name] = fn
+        if fn is not None:
+            _check(name, fn(), ref, x.dtype)
+    return fns
+
+
+def run(device="cpu", full=False, dtypes=None, shapes=None, out_dir=common.OUT_DIR,
+        min_run_time=0.5):
+    if shapes is None:
+        shapes = CUDA_SHAPES if device == "cuda" else (CPU_SHAPES_FULL if full else CPU_SHAPES)
+    if dtypes is None:
+        dtypes = list(DTYPES) if device == "cuda" else ["fp32"]
+    plan = [(s, d, v, pas) for s in shapes for d in dtypes for v in _variants(s)
+            for pas in ("forward", "backward")]
+    if device == "cpu" and not full:  # keep the CPU demo short: no full-length rows
+        plan = [p for p in plan if p[2] != "full"]
+    env = common.env_info(device)
+    cases = []
+    bar = common.Progress(len(plan), "masked_softmax")
+    for shape, dname, variant, pas in plan:
+        bar.step(f"{pas} {shape} {dname} {variant}")
+        dtype = DTYPES[dname]
+        try:
+            x, L, causal, keep = _inputs(shape, dtype, variant, device)
+            make = forward_providers if pas == "forward" else backward_providers
+            fns = make(x, L, causal, keep)
+        except torch.OutOfMemoryError:
+            print(f"\n  skipped {shape} {dname}: out of memory", file=sys.stderr)
+            torch.cuda.empty_cache()
+            continue
+        nbytes = x.numel() * x.element_size() * (2 if pas == "forward" else 3)
+        case = common.Case(f"softmax {pas}", "x".join(map(str, shape)), dname, variant, nbytes)
+        for p in PROVIDERS:
+            fn = fns.get(p)
+            case.times[p] = common.time_ms(fn, device, min_run_time) if fn else math.nan
+        cases.append(case)
+        del x, L, keep, fns
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return common.write_results(f"softmax_{device}", cases, PROVIDERS, "copy", env, out_dir)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--full", action="store_true", help="more shapes/cases on the CPU")
+    ap.add_argument("--dtypes", default=None, help="comma list of fp16,bf16,fp32")
+    ap.add_argument("--out", default=common.OUT_DIR)
+    a = ap.parse_args()
+    print(run(a.device, a.full, a.dtypes.split(",") if a.dtypes else None, out_dir=a.out))
+
+
+if __name__ == "__main__":
+    main()
