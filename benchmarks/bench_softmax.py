@@ -13,11 +13,19 @@ import os
 import sys
 
 import torch
+import torch._dynamo
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 import maskext  # noqa: E402
+
+# One static compile per case: never let dynamo fall back to eager after its
+# default recompile limit (that would report eager times as torch.compile's).
+for _name in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit",
+              "accumulated_recompile_limit"):
+    if hasattr(torch._dynamo.config, _name):
+        setattr(torch._dynamo.config, _name, 4096)
 
 PROVIDERS = ["maskext", "eager", "torch._masked_softmax", "torch.compile", "copy"]
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -130,6 +138,7 @@ def run(device="cpu", full=False, dtypes=None, shapes=None, out_dir=common.OUT_D
     if device == "cpu" and not full:  # keep the CPU demo short: no full-length rows
         plan = [p for p in plan if p[2] != "full"]
     env = common.env_info(device)
+    name = f"softmax_{device}_{'-'.join(dtypes)}"
     cases = []
     bar = common.Progress(len(plan), "masked_softmax")
     for shape, dname, variant, pas in plan:
@@ -149,10 +158,12 @@ def run(device="cpu", full=False, dtypes=None, shapes=None, out_dir=common.OUT_D
             fn = fns.get(p)
             case.times[p] = common.time_ms(fn, device, min_run_time) if fn else math.nan
         cases.append(case)
+        # Written after every case, so a run cut short still leaves its results.
+        common.write_results(name, cases, PROVIDERS, "copy", env, out_dir, plot=False)
         del x, L, keep, fns
         if device == "cuda":
             torch.cuda.empty_cache()
-    return common.write_results(f"softmax_{device}", cases, PROVIDERS, "copy", env, out_dir)
+    return common.write_results(name, cases, PROVIDERS, "copy", env, out_dir)
 
 
 def main():

@@ -110,8 +110,8 @@ class Case:
 
 
 def write_results(name: str, cases: List[Case], providers: List[str], floor: str,
-                  env: Dict[str, str], out_dir: str = OUT_DIR) -> str:
-    """CSV + Markdown (+ PNG when matplotlib is installed). Returns the Markdown."""
+                  env: Dict[str, str], out_dir: str = OUT_DIR, plot: bool = True) -> str:
+    """CSV + Markdown (+ PNG when `plot` and matplotlib is installed). Returns the Markdown."""
     os.makedirs(out_dir, exist_ok=True)
     csv_path = os.path.join(out_dir, f"{name}.csv")
     with open(csv_path, "w", newline="") as f:
@@ -128,7 +128,8 @@ def write_results(name: str, cases: List[Case], providers: List[str], floor: str
     md = markdown_table(cases, providers, floor, env)
     with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
         f.write(md)
-    _plot(os.path.join(out_dir, f"{name}.png"), name, cases, providers, floor, env)
+    if plot:
+        _plot(os.path.join(out_dir, f"{name}.png"), name, cases, providers, floor, env)
     return md
 
 
