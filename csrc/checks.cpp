@@ -114,11 +114,10 @@ void fill_layout(const char* op, const at::Tensor& data, const std::optional<at:
 }  // namespace
 
 SoftmaxProblem prepare_softmax_forward(
-    const at::Tensor& x, const std::optional<at::Tensor>& mask,
+    const char* op, const at::Tensor& x, const std::optional<at::Tensor>& mask,
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& lengths,
     const std::optional<at::Tensor>& q_lengths, bool causal, int64_t window_left,
     int64_t window_right, double scale) {
-  const char* op = "masked_softmax";
   SoftmaxProblem p;
   fill_layout(op, x, lengths, q_lengths, causal, window_left, window_right, "x", p);
   SoftmaxArgs& a = p.args;
@@ -149,10 +148,9 @@ SoftmaxProblem prepare_softmax_forward(
 }
 
 SoftmaxProblem prepare_softmax_backward(
-    const at::Tensor& grad_out, const at::Tensor& out,
+    const char* op, const at::Tensor& grad_out, const at::Tensor& out,
     const std::optional<at::Tensor>& lengths, const std::optional<at::Tensor>& q_lengths,
     bool causal, int64_t window_left, int64_t window_right, double scale) {
-  const char* op = "masked_softmax_backward";
   TORCH_CHECK(grad_out.sizes() == out.sizes() && grad_out.scalar_type() == out.scalar_type() &&
                   grad_out.device() == out.device(),
               "maskext::", op, ": grad_out must match out (", out.sizes(), ", ",
@@ -229,6 +227,66 @@ IntervalMaskProblem prepare_attention_mask(const at::Tensor& lengths,
     });
   }
   return p;
+}
+
+PaddedProblem prepare_padded(const char* op, const at::Tensor& x, const at::Tensor& lengths,
+                             int64_t dim, bool left_pad) {
+  TORCH_CHECK(x.dim() >= 2, "maskext::", op,
+              ": x must have a batch dim and a time dim, got shape ", x.sizes());
+  const int64_t d = dim < 0 ? dim + x.dim() : dim;
+  TORCH_CHECK(d >= 1 && d < x.dim(), "maskext::", op, ": dim must be in [1, ", x.dim(),
+              ") (dim 0 is the batch), got ", dim);
+  check_lengths(op, "lengths", lengths, x.size(0), "x.size(0)", x.device());
+  PaddedProblem p;
+  p.x4 = x.contiguous();
+  PaddedArgs& a = p.args;
+  a.B = x.size(0);
+  a.T = x.size(d);
+  a.M = 1;
+  for (int64_t k = 1; k < d; ++k) a.M *= x.size(k);
+  a.I = 1;
+  for (int64_t k = d + 1; k < x.dim(); ++k) a.I *= x.size(k);
+  a.x = p.x4.data_ptr();
+  a.spec = make_row_spec(lengths, std::nullopt, left_pad, false, -1, -1, 1, a.T);
+  return p;
+}
+
+GateProblem prepare_gate(const char* op, const std::optional<at::Tensor>& x,
+                         const at::Tensor& logits, const std::optional<at::Tensor>& lengths,
+                         const at::Tensor* grad) {
+  TORCH_CHECK(at::isFloatingType(logits.scalar_type()), "maskext::", op,
+              ": logits must be a floating tensor, got ", logits.scalar_type());
+  TORCH_CHECK(logits.dim() >= 2, "maskext::", op, ": logits must be (B, T, ...), got shape ",
+              logits.sizes());
+  if (x) {
+    TORCH_CHECK(x->sizes() == logits.sizes() && x->scalar_type() == logits.scalar_type() &&
+                    x->device() == logits.device(),
+                "maskext::", op, ": x must match logits (", logits.sizes(), ", ",
+                logits.scalar_type(), ", ", logits.device(), "), got (", x->sizes(), ", ",
+                x->scalar_type(), ", ", x->device(), ")");
+  }
+  if (grad != nullptr) {
+    TORCH_CHECK(grad->sizes() == logits.sizes() && grad->scalar_type() == logits.scalar_type(),
+                "maskext::", op, ": grad must match logits (", logits.sizes(), ", ",
+                logits.scalar_type(), "), got (", grad->sizes(), ", ", grad->scalar_type(), ")");
+  }
+  GateProblem g;
+  // Without lengths every step is real: a [B] tensor of T would cost an op, so
+  // use a spec without lengths instead.
+  if (lengths) {
+    g.logits = prepare_padded(op, logits, *lengths, 1, false);
+  } else {
+    g.logits.x4 = logits.contiguous();
+    PaddedArgs& a = g.logits.args;
+    a.B = logits.size(0);
+    a.M = 1;
+    a.T = logits.size(1);
+    a.I = logits.numel() / std::max<int64_t>(1, a.B * a.T);
+    a.x = g.logits.x4.data_ptr();
+    a.spec = make_row_spec(std::nullopt, std::nullopt, false, false, -1, -1, 1, a.T);
+  }
+  if (x) g.x = x->contiguous();
+  return g;
 }
 
 void check_mask_to_lengths(const at::Tensor& mask) {

@@ -18,6 +18,24 @@ TORCH_LIBRARY(maskext, m) {
   m.def("masked_softmax_backward(Tensor grad_out, Tensor out, Tensor? lengths, "
         "Tensor? q_lengths, bool causal, int window_left, int window_right, float scale) "
         "-> Tensor");
+  m.def("masked_log_softmax(Tensor x, Tensor? mask, Tensor? bias, Tensor? lengths, "
+        "Tensor? q_lengths, bool causal, int window_left, int window_right, float scale) "
+        "-> Tensor");
+  m.def("masked_log_softmax_backward(Tensor grad_out, Tensor out, Tensor? lengths, "
+        "Tensor? q_lengths, bool causal, int window_left, int window_right, float scale) "
+        "-> Tensor");
+  // Padded data (csrc/*/padding.*): lengths along `dim`. masked_pool mode: 0 sum,
+  // 1 mean, 2 max; it returns (values, argmax indices or an empty tensor).
+  m.def("fill_padding(Tensor x, Tensor lengths, Scalar value, int dim, bool left_pad) -> Tensor");
+  m.def("fill_padding_(Tensor(a!) x, Tensor lengths, Scalar value, int dim, bool left_pad) "
+        "-> Tensor(a!)");
+  m.def("masked_pool(Tensor x, Tensor lengths, int dim, int mode) -> (Tensor, Tensor)");
+  // Soft masks (csrc/*/gate.*): x * sigmoid(logits * inv_temperature), 0 past lengths
+  // along dim 1; without x, the mask itself. gate_backward returns (dx, dlogits).
+  m.def("gate(Tensor? x, Tensor logits, Tensor? lengths, float inv_temperature, bool hard) "
+        "-> Tensor");
+  m.def("gate_backward(Tensor grad, Tensor? x, Tensor logits, Tensor? lengths, "
+        "float inv_temperature, bool hard) -> (Tensor, Tensor)");
 }
 
 namespace {

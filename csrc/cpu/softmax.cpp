@@ -74,7 +74,9 @@ inline RowIndex split_row(const SoftmaxArgs& a, int64_t r) {
   return {t / a.H, t % a.H, r % a.Tq};
 }
 
-template <typename scalar_t>
+// LOG: log-softmax. Its masked positions (and fully masked rows) are
+// finfo(dtype).min, so exp() of them is exactly 0, as in the softmax.
+template <typename scalar_t, bool LOG>
 void softmax_forward_kernel(const SoftmaxArgs& a) {
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = at::vec::Vectorized<acc_t>;
@@ -85,6 +87,7 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
   const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
   // -inf and finfo(dtype).min in the bias mean "masked" (additive-mask convention).
   const acc_t bias_min = static_cast<acc_t>(std::numeric_limits<scalar_t>::lowest());
+  const scalar_t masked = LOG ? std::numeric_limits<scalar_t>::lowest() : scalar_t(0);
   const int64_t Tk = a.Tk;
 
   at::parallel_for(0, a.rows(), row_grain(Tk), [&](int64_t r0, int64_t r1) {
@@ -94,8 +97,8 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
       int64_t lo, hi;
       row_bounds(a.spec, ix.b, ix.i, lo, hi);
       scalar_t* o = out + r * Tk;
-      std::fill(o, o + lo, scalar_t(0));
-      std::fill(o + hi, o + Tk, scalar_t(0));
+      std::fill(o, o + lo, masked);
+      std::fill(o + hi, o + Tk, masked);
       const int64_t n = hi - lo;
       if (n == 0) continue;
 
@@ -117,18 +120,30 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
       }
       const acc_t mx = at::vec::reduce_all<acc_t>(
           [](Vec& p, Vec& q) { return at::vec::maximum(p, q); }, z, n);
-      if (mx == neg_inf) {  // every visible key masked by mask/bias: the row is 0
-        std::fill(o + lo, o + hi, scalar_t(0));
+      if (mx == neg_inf) {  // every visible key masked by mask/bias
+        std::fill(o + lo, o + hi, masked);
         continue;
       }
-      const acc_t inv = acc_t(1) / exp_sum_inplace(z, n, mx);
-      store_scaled(z, inv, o + lo, n);
+      if constexpr (LOG) {
+        const acc_t sum = at::vec::map_reduce_all<acc_t>(
+            [mx](Vec v) { return (v - Vec(mx)).exp(); }, [](Vec p, Vec q) { return p + q; }, z, n);
+        const acc_t lse = mx + std::log(sum);
+        // -inf (masked) and anything below finfo.min become finfo.min.
+        at::vec::map([lse, bias_min](Vec v) { return at::vec::maximum(v - Vec(lse), Vec(bias_min)); },
+                     z, z, n);
+        store_scaled(z, acc_t(1), o + lo, n);
+      } else {
+        const acc_t inv = acc_t(1) / exp_sum_inplace(z, n, mx);
+        store_scaled(z, inv, o + lo, n);
+      }
     }
   });
 }
 
-// dx = scale * y * (dy - sum(dy * y)) on the visible interval, 0 elsewhere.
-template <typename scalar_t>
+// Softmax: dx = scale * y * (dy - sum(dy * y)) on the visible interval.
+// LOG (y = log-softmax): dx = scale * (dy - exp(y) * sum(dy)), with the sum and
+// dx over the positions where y != finfo.min (the unmasked ones). 0 elsewhere.
+template <typename scalar_t, bool LOG>
 void softmax_backward_kernel(const SoftmaxArgs& a) {
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = at::vec::Vectorized<acc_t>;
@@ -153,9 +168,17 @@ void softmax_backward_kernel(const SoftmaxArgs& a) {
       const acc_t* yr = to_acc(y + r * Tk + lo, ybuf.data(), n);
       const acc_t* gr = to_acc(dy + ix.b * a.xs[0] + ix.h * a.xs[1] + ix.i * a.xs[2] + lo,
                                gbuf.data(), n);
+      const Vec vmin(static_cast<acc_t>(std::numeric_limits<scalar_t>::lowest()));
       const acc_t dot = at::vec::map2_reduce_all<acc_t>(
-          [](Vec p, Vec q) { return p * q; }, [](Vec p, Vec q) { return p + q; }, yr, gr, n);
-      auto grad = [dot, scale](Vec yv, Vec gv) { return yv * (gv - Vec(dot)) * Vec(scale); };
+          [vmin](Vec p, Vec q) { return LOG ? q & (p != vmin) : p * q; },
+          [](Vec p, Vec q) { return p + q; }, yr, gr, n);
+      auto grad = [dot, scale, vmin](Vec yv, Vec gv) {
+        if constexpr (LOG) {
+          return ((gv - yv.exp() * Vec(dot)) * Vec(scale)) & (yv != vmin);
+        } else {
+          return yv * (gv - Vec(dot)) * Vec(scale);
+        }
+      };
       if constexpr (std::is_same_v<scalar_t, acc_t>) {
         at::vec::map2(grad, o + lo, yr, gr, n);
       } else {
@@ -166,37 +189,42 @@ void softmax_backward_kernel(const SoftmaxArgs& a) {
   });
 }
 
-at::Tensor masked_softmax_cpu(const at::Tensor& x, const std::optional<at::Tensor>& mask,
-                              const std::optional<at::Tensor>& bias,
-                              const std::optional<at::Tensor>& lengths,
-                              const std::optional<at::Tensor>& q_lengths, bool causal,
-                              int64_t window_left, int64_t window_right, double scale) {
-  auto p = prepare_softmax_forward(x, mask, bias, lengths, q_lengths, causal, window_left,
-                                   window_right, scale);
+template <bool LOG>
+at::Tensor forward_cpu(const at::Tensor& x, const std::optional<at::Tensor>& mask,
+                       const std::optional<at::Tensor>& bias,
+                       const std::optional<at::Tensor>& lengths,
+                       const std::optional<at::Tensor>& q_lengths, bool causal,
+                       int64_t window_left, int64_t window_right, double scale) {
+  auto p = prepare_softmax_forward(LOG ? "masked_log_softmax" : "masked_softmax", x, mask, bias,
+                                   lengths, q_lengths, causal, window_left, window_right, scale);
   if (p.out.numel() == 0) return p.out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_softmax",
-                                  [&] { softmax_forward_kernel<scalar_t>(p.args); });
+                                  [&] { softmax_forward_kernel<scalar_t, LOG>(p.args); });
   return p.out;
 }
 
-at::Tensor masked_softmax_backward_cpu(const at::Tensor& grad_out, const at::Tensor& out,
-                                       const std::optional<at::Tensor>& lengths,
-                                       const std::optional<at::Tensor>& q_lengths, bool causal,
-                                       int64_t window_left, int64_t window_right, double scale) {
-  auto p = prepare_softmax_backward(grad_out, out, lengths, q_lengths, causal, window_left,
+template <bool LOG>
+at::Tensor backward_cpu(const at::Tensor& grad_out, const at::Tensor& out,
+                        const std::optional<at::Tensor>& lengths,
+                        const std::optional<at::Tensor>& q_lengths, bool causal,
+                        int64_t window_left, int64_t window_right, double scale) {
+  auto p = prepare_softmax_backward(LOG ? "masked_log_softmax_backward" : "masked_softmax_backward",
+                                    grad_out, out, lengths, q_lengths, causal, window_left,
                                     window_right, scale);
   if (p.out.numel() == 0) return p.out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(),
                                   "masked_softmax_backward",
-                                  [&] { softmax_backward_kernel<scalar_t>(p.args); });
+                                  [&] { softmax_backward_kernel<scalar_t, LOG>(p.args); });
   return p.out;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(maskext, CPU, m) {
-  m.impl("masked_softmax", &masked_softmax_cpu);
-  m.impl("masked_softmax_backward", &masked_softmax_backward_cpu);
+  m.impl("masked_softmax", &forward_cpu<false>);
+  m.impl("masked_softmax_backward", &backward_cpu<false>);
+  m.impl("masked_log_softmax", &forward_cpu<true>);
+  m.impl("masked_log_softmax_backward", &backward_cpu<true>);
 }
 
 }  // namespace maskext

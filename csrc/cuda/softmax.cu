@@ -1,4 +1,4 @@
-// CUDA masked softmax, forward and backward.
+// CUDA masked softmax and log-softmax, forward and backward.
 //
 // THREADS threads share one row: a warp for rows up to 1024 keys (several rows
 // per block), a whole block for longer rows. Only the visible interval
@@ -104,8 +104,9 @@ __device__ __forceinline__ bool same_alignment(const void* p, const void* q) {
 }
 
 // GENERAL: a mask tensor and/or a bias is present (scalar loads); otherwise
-// the scores are read with 16-byte loads.
-template <typename T, int THREADS, int BLOCK, bool GENERAL>
+// the scores are read with 16-byte loads. LOG: log-softmax, whose masked
+// positions are finfo(dtype).min (exp of them is exactly 0).
+template <typename T, int THREADS, int BLOCK, bool GENERAL, bool LOG>
 __global__ void __launch_bounds__(BLOCK) softmax_forward_kernel(SoftmaxArgs a) {
   using acc_t = at::opmath_type<T>;
   using Pack = typename Vec16<T>::Pack;
@@ -117,6 +118,7 @@ __global__ void __launch_bounds__(BLOCK) softmax_forward_kernel(SoftmaxArgs a) {
   T* out = static_cast<T*>(a.out);
   const acc_t scale = static_cast<acc_t>(a.scale);
   const acc_t bias_min = static_cast<acc_t>(std::numeric_limits<T>::lowest());
+  const T masked = LOG ? std::numeric_limits<T>::lowest() : T(0);
   const int tid = threadIdx.x % THREADS;
   const int64_t rows = a.rows();
 
@@ -146,8 +148,8 @@ __global__ void __launch_bounds__(BLOCK) softmax_forward_kernel(SoftmaxArgs a) {
       return z;
     };
     if (active) {
-      cuda::fill(o, lo, T(0), tid, THREADS);
-      cuda::fill(o + hi, a.Tk - hi, T(0), tid, THREADS);
+      cuda::fill(o, lo, masked, tid, THREADS);
+      cuda::fill(o + hi, a.Tk - hi, masked, tid, THREADS);
     }
     const int64_t n = hi - lo;
 
@@ -166,33 +168,42 @@ __global__ void __launch_bounds__(BLOCK) softmax_forward_kernel(SoftmaxArgs a) {
     ms = row_reduce<THREADS>(ms);
     if (!active || n == 0) continue;
     if (ms.m == kNegInf) {  // every visible key masked by mask/bias
-      cuda::fill(o + lo, n, T(0), tid, THREADS);
+      cuda::fill(o + lo, n, masked, tid, THREADS);
       continue;
     }
 
     // Pass 2: normalise.
     const acc_t inv = acc_t(1) / ms.s;
+    const acc_t lse = ms.m + log(ms.s);
     const acc_t m = ms.m;
+    auto finish = [&](acc_t z) -> T {
+      if constexpr (LOG) {
+        const acc_t v = z - lse;  // -inf (masked) and below finfo.min become finfo.min
+        return static_cast<T>(v > bias_min ? v : bias_min);
+      } else {
+        return static_cast<T>(fast_exp(z - m) * inv);
+      }
+    };
     if (GENERAL || !same_alignment(xr + lo, o + lo)) {
-      for (int64_t j = lo + tid; j < hi; j += THREADS) o[j] = static_cast<T>(fast_exp(score(j) - m) * inv);
+      for (int64_t j = lo + tid; j < hi; j += THREADS) o[j] = finish(score(j));
     } else {
       cuda::vec_loop(
-          xr + lo, n, tid, THREADS,
-          [&](int64_t k) { o[lo + k] = static_cast<T>(fast_exp(score(lo + k) - m) * inv); },
+          xr + lo, n, tid, THREADS, [&](int64_t k) { o[lo + k] = finish(score(lo + k)); },
           [&](int64_t k) {
             const Pack in = *reinterpret_cast<const Pack*>(xr + lo + k);
             Pack res;
 #pragma unroll
-            for (int e = 0; e < VEC; ++e)
-              res.v[e] = static_cast<T>(fast_exp(static_cast<acc_t>(in.v[e]) * scale - m) * inv);
+            for (int e = 0; e < VEC; ++e) res.v[e] = finish(static_cast<acc_t>(in.v[e]) * scale);
             *reinterpret_cast<Pack*>(o + lo + k) = res;
           });
     }
   }
 }
 
-// dx = scale * y * (dy - sum(dy * y)) on [lo, hi); 0 elsewhere. `a.x` is dy.
-template <typename T, int THREADS, int BLOCK>
+// Softmax: dx = scale * y * (dy - sum(dy * y)) on [lo, hi); 0 elsewhere.
+// LOG (y = log-softmax): dx = scale * (dy - exp(y) * sum(dy)), sum and dx over
+// the positions where y != finfo.min. `a.x` is dy.
+template <typename T, int THREADS, int BLOCK, bool LOG>
 __global__ void __launch_bounds__(BLOCK) softmax_backward_kernel(SoftmaxArgs a) {
   using acc_t = at::opmath_type<T>;
   using Pack = typename Vec16<T>::Pack;
@@ -202,8 +213,17 @@ __global__ void __launch_bounds__(BLOCK) softmax_backward_kernel(SoftmaxArgs a) 
   const T* y = static_cast<const T*>(a.y);
   T* dx = static_cast<T*>(a.out);
   const acc_t scale = static_cast<acc_t>(a.scale);
+  const T ymin = std::numeric_limits<T>::lowest();
   const int tid = threadIdx.x % THREADS;
   const int64_t rows = a.rows();
+  // One position's share of the row sum, and its gradient.
+  auto term = [&](T y, T g) -> acc_t {
+    if constexpr (LOG) {
+      return y == ymin ? acc_t(0) : static_cast<acc_t>(g);
+    } else {
+      return static_cast<acc_t>(y) * static_cast<acc_t>(g);
+    }
+  };
 
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * ROWS + threadIdx.x / THREADS;
        r - threadIdx.x / THREADS < rows; r += static_cast<int64_t>(gridDim.x) * ROWS) {
@@ -226,15 +246,13 @@ __global__ void __launch_bounds__(BLOCK) softmax_backward_kernel(SoftmaxArgs a) 
     const bool vec = same_alignment(gr + lo, yr + lo);
 
     acc_t dot = 0;
-    auto dot1 = [&](int64_t k) {
-      dot += static_cast<acc_t>(yr[lo + k]) * static_cast<acc_t>(gr[lo + k]);
-    };
+    auto dot1 = [&](int64_t k) { dot += term(yr[lo + k], gr[lo + k]); };
     if (vec) {
       cuda::vec_loop(yr + lo, n, tid, THREADS, dot1, [&](int64_t k) {
         const Pack yp = *reinterpret_cast<const Pack*>(yr + lo + k);
         const Pack gp = *reinterpret_cast<const Pack*>(gr + lo + k);
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) dot += static_cast<acc_t>(yp.v[e]) * static_cast<acc_t>(gp.v[e]);
+        for (int e = 0; e < VEC; ++e) dot += term(yp.v[e], gp.v[e]);
       });
     } else {
       for (int64_t k = tid; k < n; k += THREADS) dot1(k);
@@ -242,20 +260,22 @@ __global__ void __launch_bounds__(BLOCK) softmax_backward_kernel(SoftmaxArgs a) 
     dot = row_sum<THREADS>(dot);
     if (!active || n == 0) continue;
 
-    auto grad1 = [&](int64_t k) {
-      const acc_t yv = static_cast<acc_t>(yr[lo + k]);
-      o[lo + k] = static_cast<T>(scale * yv * (static_cast<acc_t>(gr[lo + k]) - dot));
+    auto grad = [&](T y, T g) -> T {
+      const acc_t yv = static_cast<acc_t>(y), gv = static_cast<acc_t>(g);
+      if constexpr (LOG) {
+        return y == ymin ? T(0) : static_cast<T>(scale * (gv - exp(yv) * dot));
+      } else {
+        return static_cast<T>(scale * yv * (gv - dot));
+      }
     };
+    auto grad1 = [&](int64_t k) { o[lo + k] = grad(yr[lo + k], gr[lo + k]); };
     if (vec) {
       cuda::vec_loop(yr + lo, n, tid, THREADS, grad1, [&](int64_t k) {
         const Pack yp = *reinterpret_cast<const Pack*>(yr + lo + k);
         const Pack gp = *reinterpret_cast<const Pack*>(gr + lo + k);
         Pack res;
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-          const acc_t yv = static_cast<acc_t>(yp.v[e]);
-          res.v[e] = static_cast<T>(scale * yv * (static_cast<acc_t>(gp.v[e]) - dot));
-        }
+        for (int e = 0; e < VEC; ++e) res.v[e] = grad(yp.v[e], gp.v[e]);
         *reinterpret_cast<Pack*>(o + lo + k) = res;
       });
     } else {
@@ -264,49 +284,52 @@ __global__ void __launch_bounds__(BLOCK) softmax_backward_kernel(SoftmaxArgs a) 
   }
 }
 
-template <typename T, int THREADS, int BLOCK>
+template <typename T, int THREADS, int BLOCK, bool LOG>
 void launch_forward(const SoftmaxArgs& a, cudaStream_t stream) {
   const unsigned grid = cuda::grid_for(a.rows(), BLOCK / THREADS, 2048 / BLOCK);
   if (a.mask != nullptr || a.bias != nullptr) {
-    softmax_forward_kernel<T, THREADS, BLOCK, true><<<grid, BLOCK, 0, stream>>>(a);
+    softmax_forward_kernel<T, THREADS, BLOCK, true, LOG><<<grid, BLOCK, 0, stream>>>(a);
   } else {
-    softmax_forward_kernel<T, THREADS, BLOCK, false><<<grid, BLOCK, 0, stream>>>(a);
+    softmax_forward_kernel<T, THREADS, BLOCK, false, LOG><<<grid, BLOCK, 0, stream>>>(a);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <typename T, int THREADS, int BLOCK>
+template <typename T, int THREADS, int BLOCK, bool LOG>
 void launch_backward(const SoftmaxArgs& a, cudaStream_t stream) {
   const unsigned grid = cuda::grid_for(a.rows(), BLOCK / THREADS, 2048 / BLOCK);
-  softmax_backward_kernel<T, THREADS, BLOCK><<<grid, BLOCK, 0, stream>>>(a);
+  softmax_backward_kernel<T, THREADS, BLOCK, LOG><<<grid, BLOCK, 0, stream>>>(a);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-at::Tensor masked_softmax_cuda(const at::Tensor& x, const std::optional<at::Tensor>& mask,
-                               const std::optional<at::Tensor>& bias,
-                               const std::optional<at::Tensor>& lengths,
-                               const std::optional<at::Tensor>& q_lengths, bool causal,
-                               int64_t window_left, int64_t window_right, double scale) {
-  auto p = prepare_softmax_forward(x, mask, bias, lengths, q_lengths, causal, window_left,
-                                   window_right, scale);
+template <bool LOG>
+at::Tensor forward_cuda(const at::Tensor& x, const std::optional<at::Tensor>& mask,
+                        const std::optional<at::Tensor>& bias,
+                        const std::optional<at::Tensor>& lengths,
+                        const std::optional<at::Tensor>& q_lengths, bool causal,
+                        int64_t window_left, int64_t window_right, double scale) {
+  auto p = prepare_softmax_forward(LOG ? "masked_log_softmax" : "masked_softmax", x, mask, bias,
+                                   lengths, q_lengths, causal, window_left, window_right, scale);
   if (p.out.numel() == 0) return p.out;
   const c10::cuda::CUDAGuard guard(x.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_softmax", [&] {
     if (p.args.Tk <= kWarpRowMax) {
-      launch_forward<scalar_t, 32, kBlock>(p.args, stream);
+      launch_forward<scalar_t, 32, kBlock, LOG>(p.args, stream);
     } else {
-      launch_forward<scalar_t, kLongBlock, kLongBlock>(p.args, stream);
+      launch_forward<scalar_t, kLongBlock, kLongBlock, LOG>(p.args, stream);
     }
   });
   return p.out;
 }
 
-at::Tensor masked_softmax_backward_cuda(const at::Tensor& grad_out, const at::Tensor& out,
-                                        const std::optional<at::Tensor>& lengths,
-                                        const std::optional<at::Tensor>& q_lengths, bool causal,
-                                        int64_t window_left, int64_t window_right, double scale) {
-  auto p = prepare_softmax_backward(grad_out, out, lengths, q_lengths, causal, window_left,
+template <bool LOG>
+at::Tensor backward_cuda(const at::Tensor& grad_out, const at::Tensor& out,
+                         const std::optional<at::Tensor>& lengths,
+                         const std::optional<at::Tensor>& q_lengths, bool causal,
+                         int64_t window_left, int64_t window_right, double scale) {
+  auto p = prepare_softmax_backward(LOG ? "masked_log_softmax_backward" : "masked_softmax_backward",
+                                    grad_out, out, lengths, q_lengths, causal, window_left,
                                     window_right, scale);
   if (p.out.numel() == 0) return p.out;
   const c10::cuda::CUDAGuard guard(out.device());
@@ -314,9 +337,9 @@ at::Tensor masked_softmax_backward_cuda(const at::Tensor& grad_out, const at::Te
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(),
                                   "masked_softmax_backward", [&] {
     if (p.args.Tk <= kWarpRowMax) {
-      launch_backward<scalar_t, 32, kBlock>(p.args, stream);
+      launch_backward<scalar_t, 32, kBlock, LOG>(p.args, stream);
     } else {
-      launch_backward<scalar_t, kLongBlock, kLongBlock>(p.args, stream);
+      launch_backward<scalar_t, kLongBlock, kLongBlock, LOG>(p.args, stream);
     }
   });
   return p.out;
@@ -325,8 +348,10 @@ at::Tensor masked_softmax_backward_cuda(const at::Tensor& grad_out, const at::Te
 }  // namespace
 
 TORCH_LIBRARY_IMPL(maskext, CUDA, m) {
-  m.impl("masked_softmax", &masked_softmax_cuda);
-  m.impl("masked_softmax_backward", &masked_softmax_backward_cuda);
+  m.impl("masked_softmax", &forward_cuda<false>);
+  m.impl("masked_softmax_backward", &backward_cuda<false>);
+  m.impl("masked_log_softmax", &forward_cuda<true>);
+  m.impl("masked_log_softmax_backward", &backward_cuda<true>);
 }
 
 }  // namespace maskext

@@ -50,14 +50,15 @@ struct SoftmaxProblem {
   SoftmaxArgs args;
 };
 
+// `op` names the op in error messages (masked_softmax or masked_log_softmax).
 SoftmaxProblem prepare_softmax_forward(
-    const at::Tensor& x, const std::optional<at::Tensor>& mask,
+    const char* op, const at::Tensor& x, const std::optional<at::Tensor>& mask,
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& lengths,
     const std::optional<at::Tensor>& q_lengths, bool causal, int64_t window_left,
     int64_t window_right, double scale);
 
 SoftmaxProblem prepare_softmax_backward(
-    const at::Tensor& grad_out, const at::Tensor& out,
+    const char* op, const at::Tensor& grad_out, const at::Tensor& out,
     const std::optional<at::Tensor>& lengths, const std::optional<at::Tensor>& q_lengths,
     bool causal, int64_t window_left, int64_t window_right, double scale);
 
@@ -85,6 +86,37 @@ IntervalMaskProblem prepare_attention_mask(const at::Tensor& lengths,
                                            int64_t q_len, int64_t k_len, bool causal,
                                            int64_t window_left, int64_t window_right,
                                            at::ScalarType dtype);
+
+// Data padded along `dim` (B, ..., T, ...), viewed contiguous as (B, M, T, I):
+// M = the dims between the batch and `dim`, I = the dims after it.
+struct PaddedArgs {
+  RowSpec spec;  // q_len = 1, k_len = T: row_bounds(spec, b, 0) gives the real steps
+  int64_t B = 0, M = 0, T = 0, I = 0;
+  const void* x = nullptr;
+  void* out = nullptr;
+};
+
+struct PaddedProblem {
+  at::Tensor x4;  // contiguous x
+  PaddedArgs args;
+};
+
+PaddedProblem prepare_padded(const char* op, const at::Tensor& x, const at::Tensor& lengths,
+                             int64_t dim, bool left_pad);
+
+// Soft masks / gating: logits (B, T, ...) viewed as (B, 1, T, F), lengths along
+// dim 1 (optional); x, when given, must match logits and is made contiguous.
+struct GateProblem {
+  PaddedProblem logits;
+  at::Tensor x;  // contiguous x, or undefined
+};
+
+GateProblem prepare_gate(const char* op, const std::optional<at::Tensor>& x,
+                         const at::Tensor& logits, const std::optional<at::Tensor>& lengths,
+                         const at::Tensor* grad = nullptr);
+
+// Pooling over the real steps: mode 0 sum, 1 mean, 2 max.
+enum class PoolMode : int64_t { Sum = 0, Mean = 1, Max = 2 };
 
 void check_mask_to_lengths(const at::Tensor& mask);
 

@@ -1,0 +1,136 @@
+// CUDA kernels for ops on padded data: fill_padding and pooling over the real
+// steps. x is viewed as (B, M, T, I); steps t outside [lo, hi) are padding.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <limits>
+
+#include "maskext/checks.h"
+#include "maskext/cuda_utils.cuh"
+
+namespace maskext {
+namespace {
+
+// One block per (b, m, t) step of I elements; in_place: only padding is written.
+template <typename T>
+__global__ void fill_padding_kernel(PaddedArgs a, T value, bool in_place) {
+  const T* x = static_cast<const T*>(a.x);
+  T* out = static_cast<T*>(a.out);
+  const int64_t steps = a.B * a.M * a.T;
+  for (int64_t s = blockIdx.x; s < steps; s += gridDim.x) {
+    const int64_t t = s % a.T, b = s / (a.M * a.T);
+    int64_t lo, hi;
+    row_bounds(a.spec, b, 0, lo, hi);
+    T* o = out + s * a.I;
+    if (t < lo || t >= hi) {
+      cuda::fill(o, a.I, value, threadIdx.x, blockDim.x);
+    } else if (!in_place) {
+      for (int64_t i = threadIdx.x; i < a.I; i += blockDim.x) o[i] = x[s * a.I + i];
+    }
+  }
+}
+
+void launch_fill_padding(const PaddedArgs& a, const at::Scalar& value, at::ScalarType dtype,
+                         bool in_place, const at::Device& device) {
+  const int64_t steps = a.B * a.M * a.T;
+  if (steps == 0 || a.I == 0) return;
+  const c10::cuda::CUDAGuard guard(device);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const int threads = a.I >= 256 ? 256 : 64;
+  AT_DISPATCH_ALL_TYPES_AND3(at::kBool, at::kHalf, at::kBFloat16, dtype, "fill_padding", [&] {
+    fill_padding_kernel<scalar_t><<<cuda::grid_for(steps, 1, 64), threads, 0, stream>>>(
+        a, value.to<scalar_t>(), in_place);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+at::Tensor fill_padding_cuda(const at::Tensor& x, const at::Tensor& lengths, const at::Scalar& value,
+                             int64_t dim, bool left_pad) {
+  auto p = prepare_padded("fill_padding", x, lengths, dim, left_pad);
+  at::Tensor out = at::empty_like(p.x4);
+  p.args.out = out.data_ptr();
+  launch_fill_padding(p.args, value, x.scalar_type(), false, x.device());
+  return out;
+}
+
+at::Tensor& fill_padding_inplace_cuda(at::Tensor& x, const at::Tensor& lengths,
+                                      const at::Scalar& value, int64_t dim, bool left_pad) {
+  auto p = prepare_padded("fill_padding_", x, lengths, dim, left_pad);
+  p.args.out = p.x4.data_ptr();
+  launch_fill_padding(p.args, value, x.scalar_type(), true, x.device());
+  if (!p.x4.is_same(x)) x.copy_(p.x4);  // x was not contiguous: write back
+  return x;
+}
+
+// One thread per (b, m, i) output, looping over the real steps; neighbouring
+// threads read neighbouring elements of a step (coalesced).
+template <typename T>
+__global__ void masked_pool_kernel(PaddedArgs a, PoolMode mode, T* values, int64_t* indices) {
+  using acc_t = at::opmath_type<T>;
+  const T* x = static_cast<const T*>(a.x);
+  const int64_t total = a.B * a.M * a.I;
+  for (int64_t o = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; o < total;
+       o += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = o % a.I, k = o / a.I, b = k / a.M;
+    int64_t lo, hi;
+    row_bounds(a.spec, b, 0, lo, hi);
+    const T* xk = x + k * a.T * a.I + i;
+    if (mode == PoolMode::Max) {
+      acc_t best = 0;
+      int64_t arg = -1;
+      for (int64_t t = lo; t < hi; ++t) {
+        const acc_t v = static_cast<acc_t>(xk[t * a.I]);
+        if (arg < 0 || v > best || (v != v && best == best)) {  // first max; NaN wins
+          best = v;
+          arg = t;
+        }
+      }
+      values[o] = arg < 0 ? T(0) : static_cast<T>(best);
+      indices[o] = arg;
+    } else {
+      acc_t sum = 0;
+      for (int64_t t = lo; t < hi; ++t) sum += static_cast<acc_t>(xk[t * a.I]);
+      const acc_t div = (mode == PoolMode::Mean && hi > lo) ? acc_t(hi - lo) : acc_t(1);
+      values[o] = static_cast<T>(sum / div);
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> masked_pool_cuda(const at::Tensor& x, const at::Tensor& lengths,
+                                                    int64_t dim, int64_t mode) {
+  const char* op = "masked_pool";
+  TORCH_CHECK(mode >= 0 && mode <= 2, "maskext::", op, ": mode must be 0 (sum), 1 (mean) or 2 (max), got ", mode);
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "maskext::", op,
+              ": x must be a floating tensor, got ", x.scalar_type());
+  auto p = prepare_padded(op, x, lengths, dim, false);
+  const PaddedArgs& a = p.args;
+  const auto pm = static_cast<PoolMode>(mode);
+  at::Tensor values = at::empty({a.B, a.M, a.I}, x.options());
+  at::Tensor indices = at::empty({pm == PoolMode::Max ? a.B * a.M * a.I : 0},
+                                 x.options().dtype(at::kLong));
+  if (values.numel() == 0) return {values, indices};
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_pool", [&] {
+    constexpr int threads = 256;
+    masked_pool_kernel<scalar_t><<<cuda::grid_for(values.numel(), threads), threads, 0, stream>>>(
+        a, pm, values.data_ptr<scalar_t>(),
+        pm == PoolMode::Max ? indices.data_ptr<int64_t>() : nullptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {values, indices};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(maskext, CUDA, m) {
+  m.impl("fill_padding", &fill_padding_cuda);
+  m.impl("fill_padding_", &fill_padding_inplace_cuda);
+  m.impl("masked_pool", &masked_pool_cuda);
+}
+
+}  // namespace maskext
