@@ -27,8 +27,7 @@ TORCH_LIBRARY(maskext, m) {
   // Padded data (csrc/*/padding.*): lengths along `dim`. masked_pool mode: 0 sum,
   // 1 mean, 2 max; it returns (values, argmax indices or an empty tensor).
   m.def("fill_padding(Tensor x, Tensor lengths, Scalar value, int dim, bool left_pad) -> Tensor");
-  m.def("fill_padding_(Tensor(a!) x, Tensor lengths, Scalar value, int dim, bool left_pad) "
-        "-> Tensor(a!)");
+  m.def("fill_padding_(Tensor(a!) x, Tensor lengths, Scalar value, int dim, bool left_pad) -> ()");
   m.def("masked_pool(Tensor x, Tensor lengths, int dim, int mode) -> (Tensor, Tensor)");
   // Soft masks (csrc/*/gate.*): x * sigmoid(logits * inv_temperature), 0 past lengths
   // along dim 1; without x, the mask itself. gate_backward returns (dx, dlogits).

@@ -9,11 +9,19 @@ from . import nn, reference
 from .ops import (
     attention_mask,
     cuda_built,
+    fill_padding,
+    fill_padding_,
     lengths_from_padded,
     lengths_to_mask,
     lengths_to_padding_mask,
     mask_to_lengths,
+    masked_log_softmax,
+    masked_max,
+    masked_mean,
     masked_softmax,
+    masked_sum,
+    sigmoid_gate,
+    soft_mask,
 )
 
 __version__ = "0.1.0"
@@ -21,11 +29,19 @@ __version__ = "0.1.0"
 __all__ = [
     "attention_mask",
     "cuda_built",
+    "fill_padding",
+    "fill_padding_",
     "lengths_from_padded",
     "lengths_to_mask",
     "lengths_to_padding_mask",
     "mask_to_lengths",
+    "masked_log_softmax",
+    "masked_max",
+    "masked_mean",
     "masked_softmax",
+    "masked_sum",
     "nn",
     "reference",
+    "sigmoid_gate",
+    "soft_mask",
 ]

@@ -23,6 +23,7 @@ On CUDA, negative lengths are not looked for where that would cost a host
 sync (they are treated as 0); on the CPU, and wherever ``max_len`` is left
 out, they are an error.
 """
+import math
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -183,6 +184,30 @@ def masked_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optiona
     return _ops.masked_softmax(x, mask, bias, lengths, q_lengths, bool(causal), wl, wr, scale)
 
 
+def masked_log_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optional[Tensor] = None,
+                       q_lengths: Optional[Tensor] = None, causal: bool = False,
+                       window: Optional[Sequence[Optional[int]]] = None,
+                       scale: Optional[float] = None, bias: Optional[Tensor] = None) -> Tensor:
+    """``log_softmax`` over the visible keys; the arguments are those of :func:`masked_softmax`.
+
+    Visible positions equal ``log_softmax`` over the visible ones. Masked
+    positions, and every position of a fully masked row, are
+    ``torch.finfo(x.dtype).min``: finite (``0 * logp`` stays 0 in a loss, no
+    NaN), and ``exp`` of them is exactly 0, as :func:`masked_softmax` gives.
+    Their gradient is 0. (A visible log-probability below ``finfo.min`` is
+    clamped to it and then counts as masked.)
+    """
+    op = "masked_log_softmax"
+    x = _tensor_arg(op, "x", x, optional=False)
+    mask = _tensor_arg(op, "mask", mask)
+    bias = _tensor_arg(op, "bias", bias)
+    lengths = _tensor_arg(op, "lengths", lengths)
+    q_lengths = _tensor_arg(op, "q_lengths", q_lengths)
+    wl, wr = _window_args(op, window)
+    scale = 1.0 if scale is None else float(scale)
+    return _ops.masked_log_softmax(x, mask, bias, lengths, q_lengths, bool(causal), wl, wr, scale)
+
+
 def _softmax_setup_context(ctx, inputs, output):
     x, mask, bias, lengths, q_lengths, causal, wl, wr, scale = inputs
     ctx.save_for_backward(output, lengths, q_lengths)
@@ -190,24 +215,175 @@ def _softmax_setup_context(ctx, inputs, output):
     ctx.bias_shape = None if bias is None else bias.shape
 
 
-def _softmax_backward(ctx, grad):
-    y, lengths, q_lengths = ctx.saved_tensors
-    causal, wl, wr, scale = ctx.spec
-    need_x, need_bias = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
-    dx = dbias = None
-    if need_bias:
-        # d(loss)/d(scale * x + bias) once; x's gradient is that times scale.
-        dz = _ops.masked_softmax_backward(grad, y, lengths, q_lengths, causal, wl, wr, 1.0)
-        dbias = dz.sum_to_size(ctx.bias_shape)
-        if need_x:
-            dx = dz * scale
-    elif need_x:
-        dx = _ops.masked_softmax_backward(grad, y, lengths, q_lengths, causal, wl, wr, scale)
-    return dx, None, dbias, None, None, None, None, None, None
+def _softmax_backward_for(backward_op):
+    """Autograd of masked_softmax / masked_log_softmax: the backward op needs only
+    the saved output and the row description."""
+    def backward(ctx, grad):
+        y, lengths, q_lengths = ctx.saved_tensors
+        causal, wl, wr, scale = ctx.spec
+        need_x, need_bias = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
+        dx = dbias = None
+        if need_bias:
+            # d(loss)/d(scale * x + bias) once; x's gradient is that times scale.
+            dz = backward_op(grad, y, lengths, q_lengths, causal, wl, wr, 1.0)
+            dbias = dz.sum_to_size(ctx.bias_shape)
+            if need_x:
+                dx = dz * scale
+        elif need_x:
+            dx = backward_op(grad, y, lengths, q_lengths, causal, wl, wr, scale)
+        return dx, None, dbias, None, None, None, None, None, None
+    return backward
 
 
-torch.library.register_autograd("maskext::masked_softmax", _softmax_backward,
+torch.library.register_autograd("maskext::masked_softmax",
+                                _softmax_backward_for(_ops.masked_softmax_backward),
                                 setup_context=_softmax_setup_context)
+torch.library.register_autograd("maskext::masked_log_softmax",
+                                _softmax_backward_for(_ops.masked_log_softmax_backward),
+                                setup_context=_softmax_setup_context)
+
+
+# ---------------------------------------------------------------- padded data
+
+def fill_padding(x: Tensor, lengths: Tensor, value=0.0, *, dim: int = 1,
+                 left_pad: bool = False) -> Tensor:
+    """``x`` with the padding steps along ``dim`` set to ``value`` (a new,
+    contiguous tensor): ``x.masked_fill(pad_mask[..., None], value)`` without
+    building the mask. ``x`` is ``(B, ..., T, ...)`` with T at ``dim``; any dtype.
+    Gradient: passed through at real steps, 0 at padding."""
+    x = _tensor_arg("fill_padding", "x", x, optional=False)
+    lengths = _tensor_arg("fill_padding", "lengths", lengths, optional=False)
+    return _ops.fill_padding(x, lengths, value, dim, left_pad)
+
+
+def fill_padding_(x: Tensor, lengths: Tensor, value=0.0, *, dim: int = 1,
+                  left_pad: bool = False) -> Tensor:
+    """In-place :func:`fill_padding`: writes only the padding (the real steps are
+    not read). Returns ``x``. Under autograd (``x`` requires grad) it is done as
+    an out-of-place fill and a copy, so gradients stay right."""
+    x = _tensor_arg("fill_padding_", "x", x, optional=False)
+    lengths = _tensor_arg("fill_padding_", "lengths", lengths, optional=False)
+    if x.requires_grad and torch.is_grad_enabled():
+        return x.copy_(_ops.fill_padding(x, lengths, value, dim, left_pad))
+    _ops.fill_padding_(x, lengths, value, dim, left_pad)
+    return x
+
+
+def _fill_padding_setup_context(ctx, inputs, output):
+    x, lengths, value, dim, left_pad = inputs
+    ctx.save_for_backward(lengths)
+    ctx.spec = (dim, left_pad)
+
+
+def _fill_padding_backward(ctx, grad):
+    (lengths,) = ctx.saved_tensors
+    dim, left_pad = ctx.spec
+    return _ops.fill_padding(grad, lengths, 0, dim, left_pad), None, None, None, None
+
+
+torch.library.register_autograd("maskext::fill_padding", _fill_padding_backward,
+                                setup_context=_fill_padding_setup_context)
+
+_POOL_MODES = {"sum": 0, "mean": 1, "max": 2}
+
+
+def _pool(name: str, x: Tensor, lengths: Tensor, dim: int, keepdim: bool) -> Tensor:
+    x = _tensor_arg(f"masked_{name}", "x", x, optional=False)
+    lengths = _tensor_arg(f"masked_{name}", "lengths", lengths, optional=False)
+    values, _ = _ops.masked_pool(x, lengths, dim, _POOL_MODES[name])  # checks dim
+    d = dim % x.dim()
+    values = values.reshape(x.shape[:d] + x.shape[d + 1:])
+    return values.unsqueeze(d) if keepdim else values
+
+
+def masked_sum(x: Tensor, lengths: Tensor, *, dim: int = 1, keepdim: bool = False) -> Tensor:
+    """Sum over the real steps along ``dim`` (the first ``lengths[b]``); 0 for an
+    empty sequence. Gradients reach only the real steps."""
+    return _pool("sum", x, lengths, dim, keepdim)
+
+
+def masked_mean(x: Tensor, lengths: Tensor, *, dim: int = 1, keepdim: bool = False) -> Tensor:
+    """Mean over the real steps along ``dim``; 0 for an empty sequence (never NaN)."""
+    return _pool("mean", x, lengths, dim, keepdim)
+
+
+def masked_max(x: Tensor, lengths: Tensor, *, dim: int = 1, keepdim: bool = False) -> Tensor:
+    """Max over the real steps along ``dim``; 0 for an empty sequence (not -inf).
+    The gradient goes to the first maximal real step (none for an empty one)."""
+    return _pool("max", x, lengths, dim, keepdim)
+
+
+def _pool_setup_context(ctx, inputs, output):
+    x, lengths, dim, mode = inputs
+    ctx.save_for_backward(lengths, output[1])
+    ctx.spec = (x.shape, dim % x.dim(), mode)
+
+
+def _pool_backward(ctx, grad, _grad_indices):
+    lengths, indices = ctx.saved_tensors
+    shape, d, mode = ctx.spec
+    B, T = shape[0], shape[d]
+    M, I = math.prod(shape[1:d]), math.prod(shape[d + 1:])
+    if mode == _POOL_MODES["max"]:
+        idx = indices.view(B, M, 1, I)
+        src = (grad * (idx[:, :, 0] >= 0)).unsqueeze(2)
+        dx = grad.new_zeros(B, M, T, I).scatter_(2, idx.clamp(min=0), src)
+        return dx.view(shape), None, None, None
+    if mode == _POOL_MODES["mean"]:
+        n = lengths.clamp(0, T).clamp(min=1).to(grad.dtype)
+        grad = grad / n.view(B, 1, 1)
+    dx = grad.unsqueeze(2).expand(B, M, T, I).reshape(shape)
+    return _ops.fill_padding(dx, lengths, 0, d, False), None, None, None
+
+
+torch.library.register_autograd("maskext::masked_pool", _pool_backward,
+                                setup_context=_pool_setup_context)
+
+
+# ---------------------------------------------------------------- soft masks
+
+def _inv_temperature(op: str, temperature: float) -> float:
+    t = float(temperature)
+    if not t > 0:
+        raise ValueError(f"maskext.{op}: temperature must be > 0, got {temperature!r}")
+    return 1.0 / t
+
+
+def soft_mask(logits: Tensor, lengths: Optional[Tensor] = None, *, temperature: float = 1.0,
+              hard: bool = False) -> Tensor:
+    """``sigmoid(logits / temperature)``, in (0, 1), exactly 0 at steps at or past
+    ``lengths`` along dim 1 of ``logits`` ``(B, T, ...)``. ``hard=True``: 0/1
+    (threshold 0.5) in the forward, the sigmoid's gradient in the backward
+    (straight-through)."""
+    logits = _tensor_arg("soft_mask", "logits", logits, optional=False)
+    lengths = _tensor_arg("soft_mask", "lengths", lengths)
+    return _ops.gate(None, logits, lengths, _inv_temperature("soft_mask", temperature), bool(hard))
+
+
+def sigmoid_gate(x: Tensor, logits: Tensor, lengths: Optional[Tensor] = None, *,
+                 temperature: float = 1.0, hard: bool = False) -> Tensor:
+    """``x * soft_mask(logits, lengths, ...)`` in one kernel (sigmoid, multiply
+    and padding zeroing fused); ``x`` and ``logits`` have the same shape."""
+    x = _tensor_arg("sigmoid_gate", "x", x, optional=False)
+    logits = _tensor_arg("sigmoid_gate", "logits", logits, optional=False)
+    lengths = _tensor_arg("sigmoid_gate", "lengths", lengths)
+    return _ops.gate(x, logits, lengths, _inv_temperature("sigmoid_gate", temperature), bool(hard))
+
+
+def _gate_setup_context(ctx, inputs, output):
+    x, logits, lengths, inv_t, hard = inputs
+    ctx.save_for_backward(x, logits, lengths)
+    ctx.spec = (inv_t, hard)
+
+
+def _gate_backward(ctx, grad):
+    x, logits, lengths = ctx.saved_tensors
+    inv_t, hard = ctx.spec
+    dx, dlogits = _ops.gate_backward(grad, x, logits, lengths, inv_t, hard)
+    return (dx if x is not None else None), dlogits, None, None, None
+
+
+torch.library.register_autograd("maskext::gate", _gate_backward, setup_context=_gate_setup_context)
 
 
 # ---------------------------------------------------------------- fake implementations
@@ -242,3 +418,44 @@ def _masked_softmax_fake(x, mask, bias, lengths, q_lengths, causal, wl, wr, scal
 @torch.library.register_fake("maskext::masked_softmax_backward")
 def _masked_softmax_backward_fake(grad_out, out, lengths, q_lengths, causal, wl, wr, scale):
     return torch.empty_like(out, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("maskext::masked_log_softmax")
+def _masked_log_softmax_fake(x, mask, bias, lengths, q_lengths, causal, wl, wr, scale):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("maskext::masked_log_softmax_backward")
+def _masked_log_softmax_backward_fake(grad_out, out, lengths, q_lengths, causal, wl, wr, scale):
+    return torch.empty_like(out, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("maskext::fill_padding")
+def _fill_padding_fake(x, lengths, value, dim, left_pad):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("maskext::fill_padding_")
+def _fill_padding_inplace_fake(x, lengths, value, dim, left_pad):
+    return None
+
+
+@torch.library.register_fake("maskext::masked_pool")
+def _masked_pool_fake(x, lengths, dim, mode):
+    d = dim % x.dim()
+    M, I = math.prod(x.shape[1:d]), math.prod(x.shape[d + 1:])
+    values = x.new_empty((x.shape[0], M, I))
+    n = x.shape[0] * M * I if mode == _POOL_MODES["max"] else 0
+    return values, x.new_empty((n,), dtype=torch.int64)
+
+
+@torch.library.register_fake("maskext::gate")
+def _gate_fake(x, logits, lengths, inv_t, hard):
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("maskext::gate_backward")
+def _gate_backward_fake(grad, x, logits, lengths, inv_t, hard):
+    dx = (torch.empty_like(x, memory_format=torch.contiguous_format) if x is not None
+          else logits.new_empty((0,)))
+    return dx, torch.empty_like(logits, memory_format=torch.contiguous_format)

@@ -97,3 +97,60 @@ def masked_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optiona
     z = torch.where(any_kept, z.masked_fill(~keep, float("-inf")), 0.0)
     y = torch.where(any_kept, torch.softmax(z, -1), 0.0)
     return y.to(x.dtype)
+
+
+def masked_log_softmax(x: Tensor, mask: Optional[Tensor] = None, *,
+                       lengths: Optional[Tensor] = None, q_lengths: Optional[Tensor] = None,
+                       causal: bool = False, window: Optional[Sequence[Optional[int]]] = None,
+                       scale: Optional[float] = None, bias: Optional[Tensor] = None,
+                       compute_dtype: torch.dtype = torch.float64) -> Tensor:
+    """Masked positions and fully masked rows: ``finfo(x.dtype).min``."""
+    y = masked_softmax(x.to(compute_dtype), mask, lengths=lengths, q_lengths=q_lengths,
+                       causal=causal, window=window, scale=scale,
+                       bias=None if bias is None else bias.to(compute_dtype))
+    lowest = torch.finfo(x.dtype).min
+    return torch.where(y > 0, y.log(), lowest).clamp(min=lowest).to(x.dtype)
+
+
+def _steps_mask(x: Tensor, lengths: Tensor, dim: int, left_pad: bool = False) -> Tensor:
+    """bool, broadcastable to x: True at the real steps along dim."""
+    dim = dim % x.dim()
+    keep = lengths_to_mask(lengths, x.shape[dim], left_pad=left_pad)  # (B, T)
+    shape = [x.shape[0]] + [1] * (x.dim() - 1)
+    shape[dim] = x.shape[dim]
+    return keep.view(shape)
+
+
+def fill_padding(x: Tensor, lengths: Tensor, value=0.0, *, dim: int = 1,
+                 left_pad: bool = False) -> Tensor:
+    return x.masked_fill(~_steps_mask(x, lengths, dim, left_pad), value)
+
+
+def masked_sum(x: Tensor, lengths: Tensor, *, dim: int = 1, keepdim: bool = False) -> Tensor:
+    return fill_padding(x, lengths, 0, dim=dim).sum(dim, keepdim=keepdim)
+
+
+def masked_mean(x: Tensor, lengths: Tensor, *, dim: int = 1, keepdim: bool = False) -> Tensor:
+    n = lengths.clamp(0, x.shape[dim]).clamp(min=1).to(x.dtype)
+    n = n.view([-1] + [1] * (x.dim() - (1 if keepdim else 2)))
+    return masked_sum(x, lengths, dim=dim, keepdim=keepdim) / n
+
+
+def masked_max(x: Tensor, lengths: Tensor, *, dim: int = 1, keepdim: bool = False) -> Tensor:
+    keep = _steps_mask(x, lengths, dim)
+    out = x.masked_fill(~keep, float("-inf")).amax(dim, keepdim=keepdim)
+    empty = ~keep.any(dim, keepdim=keepdim)
+    return out.masked_fill(empty, 0)
+
+
+def soft_mask(logits: Tensor, lengths: Optional[Tensor] = None, *, temperature: float = 1.0,
+              hard: bool = False) -> Tensor:
+    m = torch.sigmoid(logits / temperature)
+    if hard:
+        m = (logits >= 0).to(m.dtype)
+    return m if lengths is None else fill_padding(m, lengths, 0, dim=1)
+
+
+def sigmoid_gate(x: Tensor, logits: Tensor, lengths: Optional[Tensor] = None, *,
+                 temperature: float = 1.0, hard: bool = False) -> Tensor:
+    return x * soft_mask(logits, lengths, temperature=temperature, hard=hard)

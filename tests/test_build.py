@@ -7,7 +7,9 @@ import torch
 import maskext
 
 OPS = ["lengths_to_mask", "attention_mask", "mask_to_lengths", "lengths_from_padded",
-       "masked_softmax", "masked_softmax_backward"]
+       "masked_softmax", "masked_softmax_backward", "masked_log_softmax",
+       "masked_log_softmax_backward", "fill_padding", "fill_padding_", "masked_pool", "gate",
+       "gate_backward"]
 
 
 @pytest.mark.parametrize("op", OPS)

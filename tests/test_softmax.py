@@ -292,3 +292,65 @@ def test_compile_fullgraph_forward_backward(device):
     torch.testing.assert_close(y, y2)
     torch.testing.assert_close(gx, rx)
     torch.testing.assert_close(gb, rb)
+
+
+# ---------------------------------------------------------------- masked_log_softmax
+
+@pytest.mark.parametrize("Tk", [1, 97, 1025])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_log_softmax(device, Tk, dtype):
+    x = (torch.randn(3, 2, 4, Tk, device=device) * 3).to(dtype)
+    L = rand_lengths(3, Tk, device)
+    mask = torch.rand(3, 1, 4, Tk, device=device) > 0.3
+    lowest = torch.finfo(dtype).min
+    for kw in (dict(lengths=L), dict(lengths=L, causal=True, scale=0.5, mask=mask),
+               dict(q_lengths=torch.tensor([4, 1, 0], device=device), window=(2, 2))):
+        got = maskext.masked_log_softmax(x, **kw)
+        want = R.masked_log_softmax(x, **kw)
+        assert torch.isfinite(got).all()
+        visible = R.masked_softmax(x.double(), **kw) > 0
+        assert (got[~visible] == lowest).all()  # masked and fully masked: finfo.min
+        atol = 1e-10 if dtype == torch.float64 else (1e-5 if dtype == torch.float32 else 0.06)
+        torch.testing.assert_close(got[visible], want[visible], atol=atol, rtol=1e-2)
+        # exp of the log-softmax is the softmax, masked positions exactly 0
+        torch.testing.assert_close(got.double().exp(), maskext.masked_softmax(x, **kw).double(),
+                                   atol=2e-2 if dtype == torch.bfloat16 else 1e-5, rtol=0)
+
+
+def test_log_softmax_gradcheck(device):
+    x = torch.randn(3, 2, 4, 6, device=device, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4, 6, device=device, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(3, 1, 4, 6, device=device) > 0.3
+    L = torch.tensor([6, 0, 3], device=device)
+    f = lambda x, b: maskext.masked_log_softmax(x, mask, lengths=L, causal=True, scale=0.7, bias=b)
+    assert torch.autograd.gradcheck(f, (x, bias))
+
+
+def test_log_softmax_nll_loss_with_padding(device):
+    """Loss code: NLL over real positions, with padded targets ignored, and
+    label smoothing summing over every position: finite, with finite gradients."""
+    B, T, V = 3, 5, 11
+    logits = torch.randn(B, T, V, device=device, requires_grad=True)
+    vocab_len = torch.tensor([V, 7, 4], device=device)  # per-batch valid classes
+    logp = maskext.masked_log_softmax(logits, lengths=vocab_len)
+    target = torch.randint(0, 4, (B, T), device=device)
+    nll = F.nll_loss(logp.transpose(1, 2), target)
+    smooth = -(logp * (logp > torch.finfo(logp.dtype).min)).mean()  # 0 * min stays finite
+    (nll + smooth).backward()
+    assert torch.isfinite(nll) and torch.isfinite(smooth) and torch.isfinite(logits.grad).all()
+    ref = torch.log_softmax(logits.detach()[:, :, :4][2], -1)
+    torch.testing.assert_close(logp.detach()[2, :, :4], ref)
+
+
+def test_log_softmax_opcheck(device):
+    ops = torch.ops.maskext
+    x = torch.randn(3, 2, 5, 7, device=device, requires_grad=True)
+    L = torch.tensor([7, 0, 3], device=device)
+    mask = torch.rand(3, 1, 5, 7, device=device) > 0.3
+    torch.library.opcheck(ops.masked_log_softmax, (x, mask, None, L, None, True, -1, -1, 0.5))
+    y = maskext.masked_log_softmax(x.detach(), lengths=L)
+    torch.library.opcheck(ops.masked_log_softmax_backward,
+                          (torch.randn_like(y), y, L, None, False, -1, -1, 1.0))
+    f = lambda x: maskext.masked_log_softmax(x, lengths=L, causal=True)
+    got = torch.compile(f, fullgraph=True)(x)
+    torch.testing.assert_close(got, f(x))

@@ -47,13 +47,12 @@ at::Tensor fill_padding_cpu(const at::Tensor& x, const at::Tensor& lengths, cons
   return out;
 }
 
-at::Tensor& fill_padding_inplace_cpu(at::Tensor& x, const at::Tensor& lengths,
+void fill_padding_inplace_cpu(at::Tensor& x, const at::Tensor& lengths,
                                      const at::Scalar& value, int64_t dim, bool left_pad) {
   auto p = prepare_padded("fill_padding_", x, lengths, dim, left_pad);
   p.args.out = p.x4.data_ptr();
   fill_padding_kernel(p.args, value, x.scalar_type(), true);
   if (!p.x4.is_same(x)) x.copy_(p.x4);  // x was not contiguous: write back
-  return x;
 }
 
 // values (B, M, I); indices (B, M, I) int64 for max (-1 for empty rows), else [0].

@@ -57,13 +57,12 @@ at::Tensor fill_padding_cuda(const at::Tensor& x, const at::Tensor& lengths, con
   return out;
 }
 
-at::Tensor& fill_padding_inplace_cuda(at::Tensor& x, const at::Tensor& lengths,
+void fill_padding_inplace_cuda(at::Tensor& x, const at::Tensor& lengths,
                                       const at::Scalar& value, int64_t dim, bool left_pad) {
   auto p = prepare_padded("fill_padding_", x, lengths, dim, left_pad);
   p.args.out = p.x4.data_ptr();
   launch_fill_padding(p.args, value, x.scalar_type(), true, x.device());
   if (!p.x4.is_same(x)) x.copy_(p.x4);  // x was not contiguous: write back
-  return x;
 }
 
 // One thread per (b, m, i) output, looping over the real steps; neighbouring

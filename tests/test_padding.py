@@ -1,0 +1,135 @@
+"""fill_padding and pooling over the real steps, against maskext.reference."""
+import pytest
+import torch
+
+import maskext
+from maskext import reference as R
+
+
+def rand_lengths(B, T, device):
+    L = torch.randint(0, T + 1, (B,))
+    if B >= 3:
+        L[0], L[1], L[2] = 0, T, T + 4
+    return L.to(device)
+
+
+SHAPES = [((5, 7), 1), ((5, 97, 3), 1), ((4, 3, 33, 2), 2), ((4, 6, 5), -1), ((3, 1, 1), 1),
+          ((0, 4, 2), 1), ((3, 0, 2), 1), ((3, 4, 0), 1)]
+
+
+@pytest.mark.parametrize("shape,dim", SHAPES)
+@pytest.mark.parametrize("left_pad", [False, True])
+def test_fill_padding(device, shape, dim, left_pad):
+    x = torch.randn(shape, device=device)
+    L = rand_lengths(shape[0], shape[dim], device)
+    want = R.fill_padding(x, L, -7.5, dim=dim, left_pad=left_pad)
+    torch.testing.assert_close(maskext.fill_padding(x, L, -7.5, dim=dim, left_pad=left_pad), want)
+    y = x.clone()
+    assert maskext.fill_padding_(y, L, -7.5, dim=dim, left_pad=left_pad) is y
+    torch.testing.assert_close(y, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64, torch.int64,
+                                   torch.bool])
+def test_fill_padding_dtypes(device, dtype):
+    x = (torch.randn(4, 9, 3, device=device) * 10).to(dtype)
+    L = rand_lengths(4, 9, device)
+    value = True if dtype == torch.bool else 3
+    torch.testing.assert_close(maskext.fill_padding(x, L, value), R.fill_padding(x, L, value))
+
+
+def test_fill_padding_non_contiguous_in_place(device):
+    base = torch.randn(6, 4, 10, device=device)
+    x = base.transpose(1, 2)  # (6, 10, 4), not contiguous
+    L = rand_lengths(6, 10, device)
+    want = R.fill_padding(x, L, 0.0)
+    maskext.fill_padding_(x, L)
+    torch.testing.assert_close(x, want)
+    torch.testing.assert_close(base.transpose(1, 2), want)  # written through to the storage
+
+
+def test_fill_padding_grad(device):
+    x = torch.randn(3, 5, 2, device=device, dtype=torch.float64, requires_grad=True)
+    L = torch.tensor([0, 5, 2], device=device)
+    assert torch.autograd.gradcheck(lambda x: maskext.fill_padding(x, L, 1.5), (x,))
+    y = x * 1
+    maskext.fill_padding_(y, L)  # in place under autograd
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, R.lengths_to_mask(L, 5)[..., None].expand(3, 5, 2).double())
+
+
+@pytest.mark.parametrize("name", ["sum", "mean", "max"])
+@pytest.mark.parametrize("shape,dim", SHAPES[:5])
+@pytest.mark.parametrize("keepdim", [False, True])
+def test_pooling(device, name, shape, dim, keepdim):
+    x = torch.randn(shape, device=device)
+    L = rand_lengths(shape[0], shape[dim], device)
+    got = getattr(maskext, f"masked_{name}")(x, L, dim=dim, keepdim=keepdim)
+    want = getattr(R, f"masked_{name}")(x, L, dim=dim, keepdim=keepdim)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(got).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_pooling_low_precision(device, dtype):
+    x = torch.randn(4, 300, 8, device=device).to(dtype)
+    L = rand_lengths(4, 300, device)
+    for name in ("sum", "mean", "max"):
+        got = getattr(maskext, f"masked_{name}")(x, L)
+        want = getattr(R, f"masked_{name}")(x.double(), L).to(dtype)
+        torch.testing.assert_close(got, want, atol=0.05, rtol=0.02)
+
+
+def test_pooling_empty_sequences(device):
+    x = torch.randn(3, 4, 2, device=device)
+    L = torch.tensor([0, 4, 1], device=device)
+    assert (maskext.masked_mean(x, L)[0] == 0).all()
+    assert (maskext.masked_max(x, L)[0] == 0).all()
+    assert (maskext.masked_sum(x, L)[0] == 0).all()
+
+
+@pytest.mark.parametrize("name", ["sum", "mean", "max"])
+def test_pooling_gradcheck(device, name):
+    x = torch.randn(3, 6, 2, 2, device=device, dtype=torch.float64, requires_grad=True)
+    L = torch.tensor([0, 6, 3], device=device)
+    f = getattr(maskext, f"masked_{name}")
+    assert torch.autograd.gradcheck(lambda x: f(x, L, dim=1), (x,))
+    L2 = torch.tensor([1, 2, 0], device=device)  # along dim 2 (of size 2)
+    assert torch.autograd.gradcheck(lambda x: f(x, L2, dim=2, keepdim=True), (x,))
+    # gradients reach only the real steps
+    y = f(x, L).sum()
+    (g,) = torch.autograd.grad(y, x)
+    assert (g[0] == 0).all() and (g[2, 3:] == 0).all()
+
+
+def test_errors():
+    x = torch.randn(2, 3)
+    with pytest.raises(RuntimeError, match=r"fill_padding: lengths must have shape \[B\] with B = x.size\(0\) = 2, got \[3\]"):
+        maskext.fill_padding(x, torch.tensor([1, 2, 3]))
+    with pytest.raises(RuntimeError, match=r"fill_padding: dim must be in \[1, 2\) \(dim 0 is the batch\), got 0"):
+        maskext.fill_padding(x, torch.tensor([1, 2]), dim=0)
+    with pytest.raises(RuntimeError, match=r"masked_pool: x must be a floating tensor, got Long"):
+        maskext.masked_sum(x.long(), torch.tensor([1, 2]))
+    with pytest.raises(RuntimeError, match=r"masked_pool: lengths must be >= 0, got a value of -1"):
+        maskext.masked_mean(x, torch.tensor([1, -1]))
+
+
+def test_opcheck_and_compile(device):
+    ops = torch.ops.maskext
+    x = torch.randn(3, 5, 4, device=device, requires_grad=True)
+    L = torch.tensor([5, 0, 2], device=device)
+    torch.library.opcheck(ops.fill_padding, (x, L, 2.0, 1, True))
+    torch.library.opcheck(ops.fill_padding_, (x.detach().clone(), L, 2.0, 2, False))
+    for mode in (0, 1, 2):
+        torch.library.opcheck(ops.masked_pool, (x, L, 1, mode))
+
+    def f(x, L):
+        y = maskext.fill_padding(x, L, 0.0)
+        return maskext.masked_mean(y, L) + maskext.masked_max(x, L) + maskext.masked_sum(x, L, dim=2)[..., :1]
+
+    got = torch.compile(f, fullgraph=True)(x, L)
+    torch.testing.assert_close(got, f(x, L))
+    (g1,) = torch.autograd.grad(got.sum(), x)
+    (g2,) = torch.autograd.grad(f(x, L).sum(), x)
+    torch.testing.assert_close(g1, g2)
