@@ -15,6 +15,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_masked_ops  # noqa: E402
 import bench_masks  # noqa: E402
 import bench_softmax  # noqa: E402
 import common  # noqa: E402
@@ -29,6 +30,7 @@ def main():
     print(f"maskext profile on {common.device_name(a.device)}, torch {torch.__version__}\n", flush=True)
     print("## Mask building\n\n" + bench_masks.run(a.device, a.out), flush=True)
     print("## Masked softmax\n\n" + bench_softmax.run(a.device, a.full, out_dir=a.out), flush=True)
+    print("## Other masked ops\n\n" + bench_masked_ops.run(a.device, a.out), flush=True)
     print(f"Results written to {a.out}/")
 
 

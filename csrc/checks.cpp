@@ -251,6 +251,16 @@ PaddedProblem prepare_padded(const char* op, const at::Tensor& x, const at::Tens
   return p;
 }
 
+PaddedProblem prepare_pool(const at::Tensor& x, const at::Tensor& lengths, int64_t dim,
+                           int64_t mode) {
+  const char* op = "masked_pool";
+  TORCH_CHECK(mode >= 0 && mode <= 2, "maskext::", op,
+              ": mode must be 0 (sum), 1 (mean) or 2 (max), got ", mode);
+  TORCH_CHECK(is_float_type(x.scalar_type()), "maskext::", op,
+              ": x must be float16, bfloat16, float32 or float64, got ", x.scalar_type());
+  return prepare_padded(op, x, lengths, dim, false);
+}
+
 GateProblem prepare_gate(const char* op, const std::optional<at::Tensor>& x,
                          const at::Tensor& logits, const std::optional<at::Tensor>& lengths,
                          const at::Tensor* grad) {

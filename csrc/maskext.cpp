@@ -25,10 +25,10 @@ TORCH_LIBRARY(maskext, m) {
         "Tensor? q_lengths, bool causal, int window_left, int window_right, float scale) "
         "-> Tensor");
   // Padded data (csrc/*/padding.*): lengths along `dim`. masked_pool mode: 0 sum,
-  // 1 mean, 2 max; it returns (values, argmax indices or an empty tensor).
+  // 1 mean, 2 max; it returns (B, M, I) for x viewed as (B, M, T, I).
   m.def("fill_padding(Tensor x, Tensor lengths, Scalar value, int dim, bool left_pad) -> Tensor");
   m.def("fill_padding_(Tensor(a!) x, Tensor lengths, Scalar value, int dim, bool left_pad) -> ()");
-  m.def("masked_pool(Tensor x, Tensor lengths, int dim, int mode) -> (Tensor, Tensor)");
+  m.def("masked_pool(Tensor x, Tensor lengths, int dim, int mode) -> Tensor");
   // Soft masks (csrc/*/gate.*): x * sigmoid(logits * inv_temperature), 0 past lengths
   // along dim 1; without x, the mask itself. gate_backward returns (dx, dlogits).
   m.def("gate(Tensor? x, Tensor logits, Tensor? lengths, float inv_temperature, bool hard) "

@@ -290,7 +290,7 @@ _POOL_MODES = {"sum": 0, "mean": 1, "max": 2}
 def _pool(name: str, x: Tensor, lengths: Tensor, dim: int, keepdim: bool) -> Tensor:
     x = _tensor_arg(f"masked_{name}", "x", x, optional=False)
     lengths = _tensor_arg(f"masked_{name}", "lengths", lengths, optional=False)
-    values, _ = _ops.masked_pool(x, lengths, dim, _POOL_MODES[name])  # checks dim
+    values = _ops.masked_pool(x, lengths, dim, _POOL_MODES[name])  # checks dim
     d = dim % x.dim()
     values = values.reshape(x.shape[:d] + x.shape[d + 1:])
     return values.unsqueeze(d) if keepdim else values
@@ -309,26 +309,28 @@ def masked_mean(x: Tensor, lengths: Tensor, *, dim: int = 1, keepdim: bool = Fal
 
 def masked_max(x: Tensor, lengths: Tensor, *, dim: int = 1, keepdim: bool = False) -> Tensor:
     """Max over the real steps along ``dim``; 0 for an empty sequence (not -inf).
-    The gradient goes to the first maximal real step (none for an empty one)."""
+    NaN propagates. The gradient goes to the first maximal real step (none for
+    an empty sequence)."""
     return _pool("max", x, lengths, dim, keepdim)
 
 
 def _pool_setup_context(ctx, inputs, output):
     x, lengths, dim, mode = inputs
-    ctx.save_for_backward(lengths, output[1])
+    # max needs x to find where its maximum was; sum and mean only the lengths.
+    ctx.save_for_backward(lengths, x if mode == _POOL_MODES["max"] else None, output)
     ctx.spec = (x.shape, dim % x.dim(), mode)
 
 
-def _pool_backward(ctx, grad, _grad_indices):
-    lengths, indices = ctx.saved_tensors
+def _pool_backward(ctx, grad):
+    lengths, x, values = ctx.saved_tensors
     shape, d, mode = ctx.spec
     B, T = shape[0], shape[d]
     M, I = math.prod(shape[1:d]), math.prod(shape[d + 1:])
     if mode == _POOL_MODES["max"]:
-        idx = indices.view(B, M, 1, I)
-        src = (grad * (idx[:, :, 0] >= 0)).unsqueeze(2)
-        dx = grad.new_zeros(B, M, T, I).scatter_(2, idx.clamp(min=0), src)
-        return dx.view(shape), None, None, None
+        keep = _ops.lengths_to_mask(lengths, T, False, False, torch.bool).view(B, 1, T, 1)
+        hit = (x.reshape(B, M, T, I) == values.unsqueeze(2)) & keep
+        first = hit & (hit.cumsum(2) == 1)  # the first maximal step only
+        return (grad.unsqueeze(2) * first).reshape(shape), None, None, None
     if mode == _POOL_MODES["mean"]:
         n = lengths.clamp(0, T).clamp(min=1).to(grad.dtype)
         grad = grad / n.view(B, 1, 1)
@@ -443,10 +445,7 @@ def _fill_padding_inplace_fake(x, lengths, value, dim, left_pad):
 @torch.library.register_fake("maskext::masked_pool")
 def _masked_pool_fake(x, lengths, dim, mode):
     d = dim % x.dim()
-    M, I = math.prod(x.shape[1:d]), math.prod(x.shape[d + 1:])
-    values = x.new_empty((x.shape[0], M, I))
-    n = x.shape[0] * M * I if mode == _POOL_MODES["max"] else 0
-    return values, x.new_empty((n,), dtype=torch.int64)
+    return x.new_empty((x.shape[0], math.prod(x.shape[1:d]), math.prod(x.shape[d + 1:])))
 
 
 @torch.library.register_fake("maskext::gate")

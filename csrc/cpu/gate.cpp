@@ -9,16 +9,40 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
+#include <type_traits>
+#include <vector>
 
 #include "maskext/checks.h"
+#include "maskext/cpu_vec.h"
 
 namespace maskext {
 namespace {
 
 template <typename acc_t>
-inline acc_t sigmoid(acc_t z) {
-  return acc_t(1) / (acc_t(1) + std::exp(-z));
+at::vec::Vectorized<acc_t> vsigmoid(at::vec::Vectorized<acc_t> z) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  return Vec(acc_t(1)) / (Vec(acc_t(1)) + z.neg().exp());
+}
+
+// hard ? (z >= 0) : sigmoid(z), as 0/1 or (0, 1).
+template <typename acc_t>
+at::vec::Vectorized<acc_t> vmask(at::vec::Vectorized<acc_t> z, bool hard) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  return hard ? Vec::blendv(Vec(acc_t(0)), Vec(acc_t(1)), z >= Vec(acc_t(0))) : vsigmoid(z);
+}
+
+// Rows are the (b, t) steps of F elements; padded steps are written as 0.
+template <typename F>
+void for_each_step(const PaddedArgs& a, F&& f) {
+  at::parallel_for(0, a.B * a.T, std::max<int64_t>(1, 16384 / std::max<int64_t>(a.I, 1)),
+                   [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      int64_t lo, hi;
+      row_bounds(a.spec, r / a.T, 0, lo, hi);
+      const int64_t t = r % a.T;
+      f(r * a.I, t >= lo && t < hi);
+    }
+  });
 }
 
 at::Tensor gate_cpu(const std::optional<at::Tensor>& x, const at::Tensor& logits,
@@ -29,25 +53,28 @@ at::Tensor gate_cpu(const std::optional<at::Tensor>& x, const at::Tensor& logits
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "gate", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    using Vec = at::vec::Vectorized<acc_t>;
     const auto* z = static_cast<const scalar_t*>(a.x);
     const scalar_t* xd = g.x.defined() ? g.x.data_ptr<scalar_t>() : nullptr;
     auto* o = out.data_ptr<scalar_t>();
-    const acc_t it = static_cast<acc_t>(inv_t);
-    at::parallel_for(0, a.B * a.T, std::max<int64_t>(1, 16384 / a.I), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        int64_t lo, hi;
-        row_bounds(a.spec, r / a.T, 0, lo, hi);
-        const int64_t t = r % a.T, base = r * a.I;
-        if (t < lo || t >= hi) {
-          std::fill(o + base, o + base + a.I, scalar_t(0));
-          continue;
-        }
-        for (int64_t i = base; i < base + a.I; ++i) {
-          const acc_t zi = static_cast<acc_t>(z[i]) * it;
-          const acc_t m = hard ? acc_t(zi >= 0) : sigmoid(zi);
-          o[i] = static_cast<scalar_t>(xd ? static_cast<acc_t>(xd[i]) * m : m);
-        }
+    const Vec it(static_cast<acc_t>(inv_t));
+    const int64_t n = a.I;
+    for_each_step(a, [&](int64_t base, bool real) {
+      if (!real) {
+        std::fill(o + base, o + base + n, scalar_t(0));
+        return;
       }
+      thread_local std::vector<acc_t> zb, xb, ob;
+      zb.resize(n); xb.resize(n); ob.resize(n);
+      const acc_t* zr = to_acc(z + base, zb.data(), n);
+      acc_t* res = std::is_same_v<scalar_t, acc_t> ? reinterpret_cast<acc_t*>(o + base) : ob.data();
+      if (xd != nullptr) {
+        at::vec::map2([&](Vec zv, Vec xv) { return xv * vmask(zv * it, hard); }, res, zr,
+                      to_acc(xd + base, xb.data(), n), n);
+      } else {
+        at::vec::map([&](Vec zv) { return vmask(zv * it, hard); }, res, zr, n);
+      }
+      if constexpr (!std::is_same_v<scalar_t, acc_t>) at::vec::convert(res, o + base, n);
     });
   });
   return out;
@@ -67,30 +94,40 @@ std::tuple<at::Tensor, at::Tensor> gate_backward_cpu(const at::Tensor& grad,
   if (dlogits.numel() == 0) return {dx, dlogits};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "gate_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    using Vec = at::vec::Vectorized<acc_t>;
     const auto* z = static_cast<const scalar_t*>(a.x);
     const scalar_t* xd = g.x.defined() ? g.x.data_ptr<scalar_t>() : nullptr;
     const auto* gd = gc.data_ptr<scalar_t>();
     auto* dz = dlogits.data_ptr<scalar_t>();
     scalar_t* dxd = xd ? dx.data_ptr<scalar_t>() : nullptr;
-    const acc_t it = static_cast<acc_t>(inv_t);
-    at::parallel_for(0, a.B * a.T, std::max<int64_t>(1, 16384 / a.I), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        int64_t lo, hi;
-        row_bounds(a.spec, r / a.T, 0, lo, hi);
-        const int64_t t = r % a.T, base = r * a.I;
-        if (t < lo || t >= hi) {
-          std::fill(dz + base, dz + base + a.I, scalar_t(0));
-          if (dxd) std::fill(dxd + base, dxd + base + a.I, scalar_t(0));
-          continue;
-        }
-        for (int64_t i = base; i < base + a.I; ++i) {
-          const acc_t zi = static_cast<acc_t>(z[i]) * it;
-          const acc_t s = sigmoid(zi);
-          const acc_t gi = static_cast<acc_t>(gd[i]);
-          const acc_t xi = xd ? static_cast<acc_t>(xd[i]) : acc_t(1);
-          dz[i] = static_cast<scalar_t>(gi * xi * s * (acc_t(1) - s) * it);
-          if (dxd) dxd[i] = static_cast<scalar_t>(gi * (hard ? acc_t(zi >= 0) : s));
-        }
+    const Vec it(static_cast<acc_t>(inv_t));
+    const int64_t n = a.I;
+    for_each_step(a, [&](int64_t base, bool real) {
+      if (!real) {
+        std::fill(dz + base, dz + base + n, scalar_t(0));
+        if (dxd) std::fill(dxd + base, dxd + base + n, scalar_t(0));
+        return;
+      }
+      thread_local std::vector<acc_t> zb, gb, xb, ob;
+      zb.resize(n); gb.resize(n); xb.resize(n); ob.resize(n);
+      const acc_t* zr = to_acc(z + base, zb.data(), n);
+      const acc_t* gr = to_acc(gd + base, gb.data(), n);
+      // grad * x first (in ob), then times the sigmoid's slope.
+      if (xd != nullptr) {
+        at::vec::map2([](Vec gv, Vec xv) { return gv * xv; }, ob.data(), gr,
+                      to_acc(xd + base, xb.data(), n), n);
+      } else {
+        std::copy(gr, gr + n, ob.data());
+      }
+      at::vec::map2([&](Vec gx, Vec zv) {
+        const Vec s = vsigmoid(zv * it);
+        return gx * s * (Vec(acc_t(1)) - s) * it;
+      }, ob.data(), ob.data(), zr, n);
+      at::vec::convert(ob.data(), dz + base, n);
+      if (dxd != nullptr) {
+        at::vec::map2([&](Vec gv, Vec zv) { return gv * vmask(zv * it, hard); }, ob.data(), gr,
+                      zr, n);
+        at::vec::convert(ob.data(), dxd + base, n);
       }
     });
   });

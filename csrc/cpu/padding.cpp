@@ -8,9 +8,11 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "maskext/checks.h"
+#include "maskext/cpu_vec.h"
 
 namespace maskext {
 namespace {
@@ -55,60 +57,49 @@ void fill_padding_inplace_cpu(at::Tensor& x, const at::Tensor& lengths,
   if (!p.x4.is_same(x)) x.copy_(p.x4);  // x was not contiguous: write back
 }
 
-// values (B, M, I); indices (B, M, I) int64 for max (-1 for empty rows), else [0].
-std::tuple<at::Tensor, at::Tensor> masked_pool_cpu(const at::Tensor& x, const at::Tensor& lengths,
-                                                   int64_t dim, int64_t mode) {
-  const char* op = "masked_pool";
-  TORCH_CHECK(mode >= 0 && mode <= 2, "maskext::", op, ": mode must be 0 (sum), 1 (mean) or 2 (max), got ", mode);
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "maskext::", op,
-              ": x must be a floating tensor, got ", x.scalar_type());
-  auto p = prepare_padded(op, x, lengths, dim, false);
+// values (B, M, I): sum, mean or max over the real steps (0 for none).
+at::Tensor masked_pool_cpu(const at::Tensor& x, const at::Tensor& lengths, int64_t dim,
+                           int64_t mode) {
+  auto p = prepare_pool(x, lengths, dim, mode);
   const PaddedArgs& a = p.args;
   const auto pm = static_cast<PoolMode>(mode);
   at::Tensor values = at::empty({a.B, a.M, a.I}, x.options());
-  at::Tensor indices = at::empty({pm == PoolMode::Max ? a.B * a.M * a.I : 0},
-                                 x.options().dtype(at::kLong));
-  if (values.numel() == 0) return {values, indices};
+  if (values.numel() == 0) return values;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_pool", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    using Vec = at::vec::Vectorized<acc_t>;
     const auto* xd = static_cast<const scalar_t*>(a.x);
     auto* vd = values.data_ptr<scalar_t>();
-    int64_t* id = pm == PoolMode::Max ? indices.data_ptr<int64_t>() : nullptr;
+    const bool convert = !std::is_same_v<scalar_t, acc_t>;
     at::parallel_for(0, a.B * a.M, 1, [&](int64_t k0, int64_t k1) {
-      std::vector<acc_t> acc(a.I);
-      std::vector<int64_t> arg(pm == PoolMode::Max ? a.I : 0);
+      std::vector<acc_t> acc(a.I), buf(convert ? a.I : 0);
       for (int64_t k = k0; k < k1; ++k) {
         int64_t lo, hi;
         row_bounds(a.spec, k / a.M, 0, lo, hi);
-        const scalar_t* xk = xd + k * a.T * a.I;
-        if (pm == PoolMode::Max) {
-          std::fill(acc.begin(), acc.end(), -std::numeric_limits<acc_t>::infinity());
-          std::fill(arg.begin(), arg.end(), int64_t(-1));
-          for (int64_t t = lo; t < hi; ++t) {
-            for (int64_t i = 0; i < a.I; ++i) {
-              const acc_t v = static_cast<acc_t>(xk[t * a.I + i]);
-              // first maximum wins; NaN propagates (as torch.max)
-              if (arg[i] < 0 || v > acc[i] || (v != v && acc[i] == acc[i])) {
-                acc[i] = v;
-                arg[i] = t;
-              }
-            }
+        // Steps are rows of I elements: accumulate them with vector ops across I.
+        std::fill(acc.begin(), acc.end(),
+                  pm == PoolMode::Max ? -std::numeric_limits<acc_t>::infinity() : acc_t(0));
+        for (int64_t t = lo; t < hi; ++t) {
+          const scalar_t* step = xd + (k * a.T + t) * a.I;
+          const acc_t* v = to_acc(step, buf.data(), a.I);
+          if (pm == PoolMode::Max) {  // at::vec::maximum propagates NaN, as torch.amax
+            at::vec::map2([](Vec p, Vec q) { return at::vec::maximum(p, q); }, acc.data(),
+                          acc.data(), v, a.I);
+          } else {
+            at::vec::map2([](Vec p, Vec q) { return p + q; }, acc.data(), acc.data(), v, a.I);
           }
-          for (int64_t i = 0; i < a.I; ++i) {
-            vd[k * a.I + i] = arg[i] < 0 ? scalar_t(0) : static_cast<scalar_t>(acc[i]);
-            id[k * a.I + i] = arg[i];
-          }
-        } else {
-          std::fill(acc.begin(), acc.end(), acc_t(0));
-          for (int64_t t = lo; t < hi; ++t)
-            for (int64_t i = 0; i < a.I; ++i) acc[i] += static_cast<acc_t>(xk[t * a.I + i]);
-          const acc_t div = (pm == PoolMode::Mean && hi > lo) ? acc_t(hi - lo) : acc_t(1);
-          for (int64_t i = 0; i < a.I; ++i) vd[k * a.I + i] = static_cast<scalar_t>(acc[i] / div);
         }
+        acc_t div = 1;
+        if (hi == lo) {
+          std::fill(acc.begin(), acc.end(), acc_t(0));  // empty: 0, never -inf or NaN
+        } else if (pm == PoolMode::Mean) {
+          div = static_cast<acc_t>(hi - lo);
+        }
+        for (int64_t i = 0; i < a.I; ++i) vd[k * a.I + i] = static_cast<scalar_t>(acc[i] / div);
       }
     });
   });
-  return {values, indices};
+  return values;
 }
 
 }  // namespace

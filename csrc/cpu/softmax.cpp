@@ -4,8 +4,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -14,23 +12,13 @@
 #include <vector>
 
 #include "maskext/checks.h"
+#include "maskext/cpu_vec.h"
 
 namespace maskext {
 namespace {
 
 // Rows are independent; a chunk should hold enough elements to be worth a task.
 int64_t row_grain(int64_t Tk) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(Tk, 1)); }
-
-// `src[0:n]` as acc_t: the pointer itself when no conversion is needed.
-template <typename scalar_t, typename acc_t>
-const acc_t* to_acc(const scalar_t* src, acc_t* buf, int64_t n) {
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    return src;
-  } else {
-    at::vec::convert(src, buf, n);
-    return buf;
-  }
-}
 
 // dst[0:n] = src[0:n] * factor, converted to scalar_t (src is used as scratch).
 template <typename scalar_t, typename acc_t>
@@ -129,9 +117,13 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
             [mx](Vec v) { return (v - Vec(mx)).exp(); }, [](Vec p, Vec q) { return p + q; }, z, n);
         const acc_t lse = mx + std::log(sum);
         // -inf (masked) and anything below finfo.min become finfo.min.
-        at::vec::map([lse, bias_min](Vec v) { return at::vec::maximum(v - Vec(lse), Vec(bias_min)); },
-                     z, z, n);
-        store_scaled(z, acc_t(1), o + lo, n);
+        auto logp = [lse, bias_min](Vec v) { return at::vec::maximum(v - Vec(lse), Vec(bias_min)); };
+        if constexpr (std::is_same_v<scalar_t, acc_t>) {
+          at::vec::map(logp, o + lo, z, n);
+        } else {
+          at::vec::map(logp, z, z, n);
+          at::vec::convert(z, o + lo, n);
+        }
       } else {
         const acc_t inv = acc_t(1) / exp_sum_inplace(z, n, mx);
         store_scaled(z, inv, o + lo, n);

@@ -68,60 +68,46 @@ void fill_padding_inplace_cuda(at::Tensor& x, const at::Tensor& lengths,
 // One thread per (b, m, i) output, looping over the real steps; neighbouring
 // threads read neighbouring elements of a step (coalesced).
 template <typename T>
-__global__ void masked_pool_kernel(PaddedArgs a, PoolMode mode, T* values, int64_t* indices) {
+__global__ void masked_pool_kernel(PaddedArgs a, PoolMode mode, T* values) {
   using acc_t = at::opmath_type<T>;
   const T* x = static_cast<const T*>(a.x);
   const int64_t total = a.B * a.M * a.I;
   for (int64_t o = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; o < total;
        o += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t i = o % a.I, k = o / a.I, b = k / a.M;
+    const int64_t i = o % a.I, k = o / a.I;
     int64_t lo, hi;
-    row_bounds(a.spec, b, 0, lo, hi);
+    row_bounds(a.spec, k / a.M, 0, lo, hi);
     const T* xk = x + k * a.T * a.I + i;
-    if (mode == PoolMode::Max) {
-      acc_t best = 0;
-      int64_t arg = -1;
-      for (int64_t t = lo; t < hi; ++t) {
-        const acc_t v = static_cast<acc_t>(xk[t * a.I]);
-        if (arg < 0 || v > best || (v != v && best == best)) {  // first max; NaN wins
-          best = v;
-          arg = t;
-        }
+    acc_t acc = mode == PoolMode::Max ? -std::numeric_limits<acc_t>::infinity() : acc_t(0);
+    for (int64_t t = lo; t < hi; ++t) {
+      const acc_t v = static_cast<acc_t>(xk[t * a.I]);
+      if (mode == PoolMode::Max) {
+        acc = (v > acc || v != v) ? v : acc;  // NaN propagates, as torch.amax
+      } else {
+        acc += v;
       }
-      values[o] = arg < 0 ? T(0) : static_cast<T>(best);
-      indices[o] = arg;
-    } else {
-      acc_t sum = 0;
-      for (int64_t t = lo; t < hi; ++t) sum += static_cast<acc_t>(xk[t * a.I]);
-      const acc_t div = (mode == PoolMode::Mean && hi > lo) ? acc_t(hi - lo) : acc_t(1);
-      values[o] = static_cast<T>(sum / div);
     }
+    if (hi == lo) acc = 0;  // empty: 0, never -inf or NaN
+    else if (mode == PoolMode::Mean) acc /= static_cast<acc_t>(hi - lo);
+    values[o] = static_cast<T>(acc);
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> masked_pool_cuda(const at::Tensor& x, const at::Tensor& lengths,
-                                                    int64_t dim, int64_t mode) {
-  const char* op = "masked_pool";
-  TORCH_CHECK(mode >= 0 && mode <= 2, "maskext::", op, ": mode must be 0 (sum), 1 (mean) or 2 (max), got ", mode);
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "maskext::", op,
-              ": x must be a floating tensor, got ", x.scalar_type());
-  auto p = prepare_padded(op, x, lengths, dim, false);
+at::Tensor masked_pool_cuda(const at::Tensor& x, const at::Tensor& lengths, int64_t dim,
+                            int64_t mode) {
+  auto p = prepare_pool(x, lengths, dim, mode);
   const PaddedArgs& a = p.args;
-  const auto pm = static_cast<PoolMode>(mode);
   at::Tensor values = at::empty({a.B, a.M, a.I}, x.options());
-  at::Tensor indices = at::empty({pm == PoolMode::Max ? a.B * a.M * a.I : 0},
-                                 x.options().dtype(at::kLong));
-  if (values.numel() == 0) return {values, indices};
+  if (values.numel() == 0) return values;
   const c10::cuda::CUDAGuard guard(x.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_pool", [&] {
     constexpr int threads = 256;
     masked_pool_kernel<scalar_t><<<cuda::grid_for(values.numel(), threads), threads, 0, stream>>>(
-        a, pm, values.data_ptr<scalar_t>(),
-        pm == PoolMode::Max ? indices.data_ptr<int64_t>() : nullptr);
+        a, static_cast<PoolMode>(mode), values.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {values, indices};
+  return values;
 }
 
 }  // namespace

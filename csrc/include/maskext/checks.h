@@ -118,6 +118,9 @@ GateProblem prepare_gate(const char* op, const std::optional<at::Tensor>& x,
 // Pooling over the real steps: mode 0 sum, 1 mean, 2 max.
 enum class PoolMode : int64_t { Sum = 0, Mean = 1, Max = 2 };
 
+PaddedProblem prepare_pool(const at::Tensor& x, const at::Tensor& lengths, int64_t dim,
+                           int64_t mode);
+
 void check_mask_to_lengths(const at::Tensor& mask);
 
 // x viewed as (B, T, F): dim moved to 1, the rest flattened (copy if needed).
