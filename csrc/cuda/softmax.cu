@@ -242,8 +242,9 @@ __global__ void __launch_bounds__(BLOCK) softmax_backward_kernel(SoftmaxArgs a) 
       cuda::fill(o + hi, a.Tk - hi, T(0), tid, THREADS);
     }
     const int64_t n = hi - lo;
-    // y and dx share a layout; dy may not.
-    const bool vec = same_alignment(gr + lo, yr + lo);
+    // Vector loads of y and dy and vector stores to dx need the three to share
+    // their alignment (y may be a view with an odd offset, dy any strided row).
+    const bool vec = same_alignment(gr + lo, yr + lo) && same_alignment(o + lo, yr + lo);
 
     acc_t dot = 0;
     auto dot1 = [&](int64_t k) { dot += term(yr[lo + k], gr[lo + k]); };
