@@ -84,6 +84,15 @@ def _check(name, got, want, dtype):
         print(f"\n  WARNING: {name} differs from maskext by {err:.3g}", file=sys.stderr)
 
 
+def _checked(fns, ref, dtype):
+    """The baselines that run, each checked against maskext's result `ref`."""
+    for name in ("eager", "torch._masked_softmax", "torch.compile"):
+        fns[name] = _safe(fns[name])
+        if fns[name] is not None:
+            _check(name, fns[name](), ref, dtype)
+    return fns
+
+
 def forward_providers(x, L, causal, keep):
     y = torch.empty_like(x)
     keep_full = keep.expand_as(x)
@@ -96,12 +105,7 @@ def forward_providers(x, L, causal, keep):
         "torch.compile": lambda: compiled(x, keep),
         "copy": lambda: y.copy_(x),
     }
-    for name in ("eager", "torch._masked_softmax", "torch.compile"):
-        fn = _safe(fns[name])
-        fns[name] = fn
-        if fn is not None:
-            _check(name, fn(), ref, x.dtype)
-    return fns
+    return _checked(fns, ref, x.dtype)
 
 
 def backward_providers(x, L, causal, keep):
@@ -119,12 +123,7 @@ def backward_providers(x, L, causal, keep):
         "torch.compile": lambda: compiled(dy, y),
         "copy": lambda: out.copy_(x),
     }
-    for name in ("eager", "torch._masked_softmax", "torch.compile"):
-        fn = _safe(fns[name])
-        fns[name] = fn
-        if fn is not None:
-            _check(name, fn(), ref, x.dtype)
-    return fns
+    return _checked(fns, ref, x.dtype)
 
 
 def run(device="cpu", full=False, dtypes=None, shapes=None, out_dir=common.OUT_DIR,

@@ -412,29 +412,14 @@ def _lengths_from_padded_fake(x, pad_value, dim):
     return x.new_empty((x.shape[0],), dtype=torch.int64)
 
 
-@torch.library.register_fake("maskext::masked_softmax")
-def _masked_softmax_fake(x, mask, bias, lengths, q_lengths, causal, wl, wr, scale):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+def _contiguous_like_first(t, *args):
+    """Fake of the ops whose output is a contiguous tensor shaped like their first input."""
+    return torch.empty_like(t, memory_format=torch.contiguous_format)
 
 
-@torch.library.register_fake("maskext::masked_softmax_backward")
-def _masked_softmax_backward_fake(grad_out, out, lengths, q_lengths, causal, wl, wr, scale):
-    return torch.empty_like(out, memory_format=torch.contiguous_format)
-
-
-@torch.library.register_fake("maskext::masked_log_softmax")
-def _masked_log_softmax_fake(x, mask, bias, lengths, q_lengths, causal, wl, wr, scale):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-@torch.library.register_fake("maskext::masked_log_softmax_backward")
-def _masked_log_softmax_backward_fake(grad_out, out, lengths, q_lengths, causal, wl, wr, scale):
-    return torch.empty_like(out, memory_format=torch.contiguous_format)
-
-
-@torch.library.register_fake("maskext::fill_padding")
-def _fill_padding_fake(x, lengths, value, dim, left_pad):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+for _op in ("masked_softmax", "masked_softmax_backward", "masked_log_softmax",
+            "masked_log_softmax_backward", "fill_padding"):
+    torch.library.register_fake(f"maskext::{_op}")(_contiguous_like_first)
 
 
 @torch.library.register_fake("maskext::fill_padding_")
