@@ -1,5 +1,4 @@
 """Masks from lengths, and lengths from masks / padded data, against maskext.reference."""
-import itertools
 
 import pytest
 import torch
