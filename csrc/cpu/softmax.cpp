@@ -53,6 +53,48 @@ acc_t exp_sum_inplace(acc_t* z, int64_t n, acc_t mx) {
   return sum;
 }
 
+// sum over k of f(a[k], b[k]) (f maps vectors; lanes past n are not counted),
+// with four independent accumulators so the adds do not wait on each other.
+template <typename acc_t, typename F>
+acc_t sum2(const acc_t* a, const acc_t* b, int64_t n, F f) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
+  Vec s0(acc_t(0)), s1(acc_t(0)), s2(acc_t(0)), s3(acc_t(0));
+  int64_t k = 0;
+  for (; k + 4 * V <= n; k += 4 * V) {
+    s0 = s0 + f(Vec::loadu(a + k), Vec::loadu(b + k));
+    s1 = s1 + f(Vec::loadu(a + k + V), Vec::loadu(b + k + V));
+    s2 = s2 + f(Vec::loadu(a + k + 2 * V), Vec::loadu(b + k + 2 * V));
+    s3 = s3 + f(Vec::loadu(a + k + 3 * V), Vec::loadu(b + k + 3 * V));
+  }
+  for (; k + V <= n; k += V) s0 = s0 + f(Vec::loadu(a + k), Vec::loadu(b + k));
+  if (k < n) {  // partial vector: zero the lanes past n after f
+    const Vec part = f(Vec::loadu(a + k, n - k), Vec::loadu(b + k, n - k));
+    s1 = s1 + Vec::set(Vec(acc_t(0)), part, n - k);
+  }
+  return at::vec::vec_reduce_all<acc_t>([](Vec& p, Vec& q) { return p + q; }, (s0 + s1) + (s2 + s3));
+}
+
+// max over z[0:n] (n > 0), four independent accumulators; NaN propagates.
+template <typename acc_t>
+acc_t max_all(const acc_t* z, int64_t n) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
+  const Vec lowest(-std::numeric_limits<acc_t>::infinity());
+  Vec m0 = lowest, m1 = lowest, m2 = lowest, m3 = lowest;
+  int64_t k = 0;
+  for (; k + 4 * V <= n; k += 4 * V) {
+    m0 = at::vec::maximum(m0, Vec::loadu(z + k));
+    m1 = at::vec::maximum(m1, Vec::loadu(z + k + V));
+    m2 = at::vec::maximum(m2, Vec::loadu(z + k + 2 * V));
+    m3 = at::vec::maximum(m3, Vec::loadu(z + k + 3 * V));
+  }
+  for (; k + V <= n; k += V) m0 = at::vec::maximum(m0, Vec::loadu(z + k));
+  if (k < n) m1 = at::vec::maximum(m1, Vec::set(lowest, Vec::loadu(z + k, n - k), n - k));
+  const Vec m = at::vec::maximum(at::vec::maximum(m0, m1), at::vec::maximum(m2, m3));
+  return at::vec::vec_reduce_all<acc_t>([](Vec& p, Vec& q) { return at::vec::maximum(p, q); }, m);
+}
+
 struct RowIndex {
   int64_t b, h, i;
 };
@@ -106,8 +148,7 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
           }
         }
       }
-      const acc_t mx = at::vec::reduce_all<acc_t>(
-          [](Vec& p, Vec& q) { return at::vec::maximum(p, q); }, z, n);
+      const acc_t mx = max_all(z, n);
       if (mx == neg_inf) {  // every visible key masked by mask/bias
         std::fill(o + lo, o + hi, masked);
         continue;
@@ -161,9 +202,7 @@ void softmax_backward_kernel(const SoftmaxArgs& a) {
       const acc_t* gr = to_acc(dy + ix.b * a.xs[0] + ix.h * a.xs[1] + ix.i * a.xs[2] + lo,
                                gbuf.data(), n);
       const Vec vmin(static_cast<acc_t>(std::numeric_limits<scalar_t>::lowest()));
-      const acc_t dot = at::vec::map2_reduce_all<acc_t>(
-          [vmin](Vec p, Vec q) { return LOG ? q & (p != vmin) : p * q; },
-          [](Vec p, Vec q) { return p + q; }, yr, gr, n);
+      const acc_t dot = sum2(yr, gr, n, [vmin](Vec p, Vec q) { return LOG ? q & (p != vmin) : p * q; });
       auto grad = [dot, scale, vmin](Vec yv, Vec gv) {
         if constexpr (LOG) {
           return ((gv - yv.exp() * Vec(dot)) * Vec(scale)) & (yv != vmin);
