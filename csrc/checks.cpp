@@ -50,15 +50,17 @@ void check_window(const char* op, int64_t window_left, int64_t window_right) {
 RowSpec make_row_spec(const std::optional<at::Tensor>& lengths,
                       const std::optional<at::Tensor>& q_lengths, bool left_pad,
                       bool causal, int64_t window_left, int64_t window_right,
-                      int64_t q_len, int64_t k_len) {
+                      int64_t q_len, int64_t k_len, HeldLengths& held) {
   RowSpec s;
-  if (lengths) {
-    s.lengths = lengths->data_ptr();
-    s.lengths64 = lengths->scalar_type() == at::kLong;
+  if (lengths) {  // the kernels index lengths[b]: they must be contiguous
+    held.lengths = lengths->contiguous();
+    s.lengths = held.lengths.data_ptr();
+    s.lengths64 = held.lengths.scalar_type() == at::kLong;
   }
   if (q_lengths) {
-    s.q_lengths = q_lengths->data_ptr();
-    s.q_lengths64 = q_lengths->scalar_type() == at::kLong;
+    held.q_lengths = q_lengths->contiguous();
+    s.q_lengths = held.q_lengths.data_ptr();
+    s.q_lengths64 = held.q_lengths.scalar_type() == at::kLong;
   }
   s.left_pad = left_pad;
   s.causal = causal;
@@ -106,7 +108,8 @@ void fill_layout(const char* op, const at::Tensor& data, const std::optional<at:
   if (p.x4.stride(3) != 1) p.x4 = p.x4.contiguous();  // size-1 flatten corner cases
   for (int d = 0; d < 3; ++d) a.xs[d] = p.x4.stride(d);
   a.x = p.x4.data_ptr();
-  a.spec = make_row_spec(lengths, q_lengths, false, causal, window_left, window_right, a.Tq, a.Tk);
+  a.spec = make_row_spec(lengths, q_lengths, false, causal, window_left, window_right, a.Tq, a.Tk,
+                         p.held);
   p.out = at::empty(data.sizes(), data.options().memory_format(at::MemoryFormat::Contiguous));
   a.out = p.out.data_ptr();
 }
@@ -185,7 +188,7 @@ IntervalMaskProblem prepare_lengths_to_mask(const at::Tensor& lengths,
   }
   IntervalMaskProblem p;
   p.out = at::empty({lengths.size(0), T}, lengths.options().dtype(dtype));
-  p.args.spec = make_row_spec(lengths, std::nullopt, left_pad, false, -1, -1, 1, T);
+  p.args.spec = make_row_spec(lengths, std::nullopt, left_pad, false, -1, -1, 1, T, p.held);
   p.args.rows = lengths.size(0);
   p.args.cols = T;
   p.args.out = p.out.data_ptr();
@@ -213,7 +216,7 @@ IntervalMaskProblem prepare_attention_mask(const at::Tensor& lengths,
   IntervalMaskProblem p;
   p.out = at::empty({B, 1, q_len, k_len}, lengths.options().dtype(dtype));
   p.args.spec = make_row_spec(lengths, q_lengths, false, causal, window_left, window_right,
-                              q_len, k_len);
+                              q_len, k_len, p.held);
   p.args.rows = B * q_len;
   p.args.cols = k_len;
   p.args.out = p.out.data_ptr();
@@ -247,7 +250,7 @@ PaddedProblem prepare_padded(const char* op, const at::Tensor& x, const at::Tens
   a.I = 1;
   for (int64_t k = d + 1; k < x.dim(); ++k) a.I *= x.size(k);
   a.x = p.x4.data_ptr();
-  a.spec = make_row_spec(lengths, std::nullopt, left_pad, false, -1, -1, 1, a.T);
+  a.spec = make_row_spec(lengths, std::nullopt, left_pad, false, -1, -1, 1, a.T, p.held);
   return p;
 }
 
@@ -293,7 +296,8 @@ GateProblem prepare_gate(const char* op, const std::optional<at::Tensor>& x,
     a.T = logits.size(1);
     a.I = logits.numel() / std::max<int64_t>(1, a.B * a.T);
     a.x = g.logits.x4.data_ptr();
-    a.spec = make_row_spec(std::nullopt, std::nullopt, false, false, -1, -1, 1, a.T);
+    a.spec = make_row_spec(std::nullopt, std::nullopt, false, false, -1, -1, 1, a.T,
+                           g.logits.held);
   }
   if (x) g.x = x->contiguous();
   return g;

@@ -62,6 +62,15 @@ def test_padding_mask_is_a_key_padding_mask_for_mha():
     torch.testing.assert_close(ours, theirs)
 
 
+def test_strided_lengths(device):
+    L = torch.tensor([[3, 9], [0, 1], [7, 2], [5, 5]], device=device)[:, 1]  # stride 2
+    torch.testing.assert_close(maskext.lengths_to_mask(L, 8), R.lengths_to_mask(L, 8))
+    torch.testing.assert_close(maskext.attention_mask(L, q_len=8, k_len=8, q_lengths=L.flip(0)),
+                               R.attention_mask(L, q_len=8, k_len=8, q_lengths=L.flip(0)))
+    x = torch.randn(4, 8, 3, device=device)
+    torch.testing.assert_close(maskext.fill_padding(x, L), R.fill_padding(x, L))
+
+
 def test_huge_lengths_stay_in_bounds(device):
     L = torch.tensor([2**62, -0, 2**31 - 1, 5], device=device)
     got = maskext.lengths_to_mask(L, 9)

@@ -76,6 +76,8 @@ def test_non_contiguous(device):
     check(base.transpose(1, 2)[:, :, :, :33], lengths=L)    # permuted middle dims
     check(base[..., ::2], lengths=L)                        # last-dim stride 2
     check(base.transpose(-1, -2)[..., :33, :], lengths=L)   # column-major rows
+    Ls = torch.stack([L, L.flip(0)], 1)[:, 1]                # strided lengths and q_lengths
+    check(base[..., :33], lengths=Ls, q_lengths=Ls.int(), causal=True)
 
 
 @pytest.mark.parametrize("mshape", [(33,), (1, 33), (40, 33), (4, 1, 1, 33), (4, 3, 40, 33),

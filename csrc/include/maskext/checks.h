@@ -17,12 +17,18 @@ void check_lengths(const char* op, const char* name, const at::Tensor& lengths,
 // Error unless window values are -1 (unbounded) or >= 0.
 void check_window(const char* op, int64_t window_left, int64_t window_right);
 
-// Builds the row description for a (B, q_len, k_len) problem; the tensors must
-// outlive every use of the spec.
+// The (contiguous) length tensors a RowSpec points into; keep it alive as long
+// as the spec is used.
+struct HeldLengths {
+  at::Tensor lengths, q_lengths;
+};
+
+// Builds the row description for a (B, q_len, k_len) problem. Lengths of any
+// strides are accepted: contiguous copies, when needed, go into `held`.
 RowSpec make_row_spec(const std::optional<at::Tensor>& lengths,
                       const std::optional<at::Tensor>& q_lengths, bool left_pad,
                       bool causal, int64_t window_left, int64_t window_right,
-                      int64_t q_len, int64_t k_len);
+                      int64_t q_len, int64_t k_len, HeldLengths& held);
 
 // (B, ..., Tq, Tk) viewed as (B, H, Tq, Tk): a view whenever the middle dims
 // can be merged, a copy otherwise. 2-D (B, Tk) becomes (B, 1, 1, Tk).
@@ -47,6 +53,7 @@ struct SoftmaxArgs {
 // Checked, canonicalised inputs: the tensors stay alive as long as this does.
 struct SoftmaxProblem {
   at::Tensor out, x4, y4, mask4, bias4;
+  HeldLengths held;
   SoftmaxArgs args;
 };
 
@@ -74,6 +81,7 @@ struct IntervalMaskArgs {
 
 struct IntervalMaskProblem {
   at::Tensor out;
+  HeldLengths held;
   IntervalMaskArgs args;
 };
 
@@ -98,6 +106,7 @@ struct PaddedArgs {
 
 struct PaddedProblem {
   at::Tensor x4;  // contiguous x
+  HeldLengths held;
   PaddedArgs args;
 };
 
