@@ -65,16 +65,13 @@ def _softmax_bwd_formula(dy, y):
     return y * (dy - (dy * y).sum(-1, keepdim=True))
 
 
-def _safe(fn):
-    """fn, or None when it fails (unsupported, out of memory): the cell reads n/a."""
-    try:
-        fn()
-        return fn
-    except (RuntimeError, NotImplementedError, AttributeError, torch.OutOfMemoryError) as e:
-        print(f"\n  skipped: {str(e).splitlines()[0][:120]}", file=sys.stderr)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        return None
+_FAILURES = (RuntimeError, NotImplementedError, AttributeError, torch.OutOfMemoryError)
+
+
+def _skipped(what, e):
+    print(f"\n  {what} skipped: {str(e).splitlines()[0][:120]}", file=sys.stderr)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _check(name, got, want, dtype):
@@ -85,11 +82,14 @@ def _check(name, got, want, dtype):
 
 
 def _checked(fns, ref, dtype):
-    """The baselines that run, each checked against maskext's result `ref`."""
+    """The baselines that run (unsupported or out of memory: None, the cell
+    reads n/a), each checked against maskext's result `ref`."""
     for name in ("eager", "torch._masked_softmax", "torch.compile"):
-        fns[name] = _safe(fns[name])
-        if fns[name] is not None:
+        try:
             _check(name, fns[name](), ref, dtype)
+        except _FAILURES as e:
+            _skipped(name, e)
+            fns[name] = None
     return fns
 
 
@@ -147,15 +147,17 @@ def run(device="cpu", full=False, dtypes=None, shapes=None, out_dir=common.OUT_D
             x, L, causal, keep = _inputs(shape, dtype, variant, device)
             make = forward_providers if pas == "forward" else backward_providers
             fns = make(x, L, causal, keep)
-        except torch.OutOfMemoryError:
-            print(f"\n  skipped {shape} {dname}: out of memory", file=sys.stderr)
-            torch.cuda.empty_cache()
+        except _FAILURES as e:  # maskext itself failed here (or the inputs do not fit)
+            _skipped(f"{pas} {shape} {dname} {variant}", e)
             continue
         nbytes = x.numel() * x.element_size() * (2 if pas == "forward" else 3)
         case = common.Case(f"softmax {pas}", "x".join(map(str, shape)), dname, variant, nbytes)
         for p in PROVIDERS:
-            fn = fns.get(p)
-            case.times[p] = common.time_ms(fn, device, min_run_time) if fn else math.nan
+            try:
+                case.times[p] = common.time_ms(fns[p], device, min_run_time) if fns[p] else math.nan
+            except _FAILURES as e:
+                _skipped(p, e)
+                case.times[p] = math.nan
         cases.append(case)
         # Written after every case, so a run cut short still leaves its results.
         common.write_results(name, cases, PROVIDERS, "copy", env, out_dir, plot=False)

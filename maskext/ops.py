@@ -152,6 +152,15 @@ def attention_mask(lengths: Optional[Tensor] = None, *, q_len: int, k_len: int,
 
 # ---------------------------------------------------------------- masked softmax
 
+def _softmax_args(op, x, mask, lengths, q_lengths, causal, window, scale, bias):
+    """The public arguments, checked, in the op schema's order."""
+    wl, wr = _window_args(op, window)
+    return (_tensor_arg(op, "x", x, optional=False), _tensor_arg(op, "mask", mask),
+            _tensor_arg(op, "bias", bias), _tensor_arg(op, "lengths", lengths),
+            _tensor_arg(op, "q_lengths", q_lengths), bool(causal), wl, wr,
+            1.0 if scale is None else float(scale))
+
+
 def masked_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optional[Tensor] = None,
                    q_lengths: Optional[Tensor] = None, causal: bool = False,
                    window: Optional[Sequence[Optional[int]]] = None, scale: Optional[float] = None,
@@ -173,15 +182,8 @@ def masked_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optiona
     * Fully masked rows are exactly 0 and get gradient 0; masking never makes NaN.
     Accumulation is in fp32 (fp64 for fp64 inputs).
     """
-    op = "masked_softmax"
-    x = _tensor_arg(op, "x", x, optional=False)
-    mask = _tensor_arg(op, "mask", mask)
-    bias = _tensor_arg(op, "bias", bias)
-    lengths = _tensor_arg(op, "lengths", lengths)
-    q_lengths = _tensor_arg(op, "q_lengths", q_lengths)
-    wl, wr = _window_args(op, window)
-    scale = 1.0 if scale is None else float(scale)
-    return _ops.masked_softmax(x, mask, bias, lengths, q_lengths, bool(causal), wl, wr, scale)
+    return _ops.masked_softmax(*_softmax_args("masked_softmax", x, mask, lengths, q_lengths,
+                                              causal, window, scale, bias))
 
 
 def masked_log_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optional[Tensor] = None,
@@ -197,15 +199,8 @@ def masked_log_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Opt
     Their gradient is 0. (A visible log-probability below ``finfo.min`` is
     clamped to it and then counts as masked.)
     """
-    op = "masked_log_softmax"
-    x = _tensor_arg(op, "x", x, optional=False)
-    mask = _tensor_arg(op, "mask", mask)
-    bias = _tensor_arg(op, "bias", bias)
-    lengths = _tensor_arg(op, "lengths", lengths)
-    q_lengths = _tensor_arg(op, "q_lengths", q_lengths)
-    wl, wr = _window_args(op, window)
-    scale = 1.0 if scale is None else float(scale)
-    return _ops.masked_log_softmax(x, mask, bias, lengths, q_lengths, bool(causal), wl, wr, scale)
+    return _ops.masked_log_softmax(*_softmax_args("masked_log_softmax", x, mask, lengths,
+                                                  q_lengths, causal, window, scale, bias))
 
 
 def _softmax_setup_context(ctx, inputs, output):
