@@ -19,7 +19,15 @@ __device__ __forceinline__ acc_t sigmoid(acc_t z) {
   return acc_t(1) / (acc_t(1) + exp(-z));
 }
 
-// Elementwise over the flat (B, T, F) data; the step's bounds come from its row.
+// Whether flat element e of the (B, T, F) data lies in a real (unpadded) step.
+__device__ __forceinline__ bool real_step(const PaddedArgs& a, int64_t e) {
+  const int64_t r = e / a.I, t = r % a.T;
+  int64_t lo, hi;
+  row_bounds(a.spec, r / a.T, 0, lo, hi);
+  return t >= lo && t < hi;
+}
+
+// Elementwise over the flat (B, T, F) data.
 template <typename T>
 __global__ void gate_kernel(PaddedArgs a, const T* x, T* out, double inv_t, bool hard) {
   using acc_t = at::opmath_type<T>;
@@ -27,10 +35,7 @@ __global__ void gate_kernel(PaddedArgs a, const T* x, T* out, double inv_t, bool
   const int64_t total = a.B * a.T * a.I;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t r = e / a.I, t = r % a.T;
-    int64_t lo, hi;
-    row_bounds(a.spec, r / a.T, 0, lo, hi);
-    if (t < lo || t >= hi) {
+    if (!real_step(a, e)) {
       out[e] = T(0);
       continue;
     }
@@ -49,10 +54,7 @@ __global__ void gate_backward_kernel(PaddedArgs a, const T* x, const T* grad, T*
   const acc_t it = static_cast<acc_t>(inv_t);
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t r = e / a.I, t = r % a.T;
-    int64_t lo, hi;
-    row_bounds(a.spec, r / a.T, 0, lo, hi);
-    if (t < lo || t >= hi) {
+    if (!real_step(a, e)) {
       dz[e] = T(0);
       if (dx != nullptr) dx[e] = T(0);
       continue;
