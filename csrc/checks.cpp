@@ -182,9 +182,10 @@ IntervalMaskProblem prepare_lengths_to_mask(const at::Tensor& lengths,
     // One host sync: the output size depends on the data. Negative lengths are
     // checked here on every device, since the values are on the host anyway.
     auto [mn, mx] = at::aminmax(lengths);
-    const int64_t lo = mn.item<int64_t>();
+    const at::Tensor both = at::stack({mn, mx}).to(at::kCPU, at::kLong);  // the one copy
+    const int64_t lo = both[0].item<int64_t>();
     TORCH_CHECK(lo >= 0, "maskext::", op, ": lengths must be >= 0, got a value of ", lo);
-    T = mx.item<int64_t>();
+    T = both[1].item<int64_t>();
   }
   IntervalMaskProblem p;
   p.out = at::empty({lengths.size(0), T}, lengths.options().dtype(dtype));
