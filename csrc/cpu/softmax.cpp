@@ -121,7 +121,8 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
   const int64_t Tk = a.Tk;
 
   at::parallel_for(0, a.rows(), row_grain(Tk), [&](int64_t r0, int64_t r1) {
-    std::vector<acc_t> zbuf(Tk), cbuf(std::is_same_v<scalar_t, acc_t> ? 0 : Tk);
+    const size_t conv = std::is_same_v<scalar_t, acc_t> ? 0 : Tk;
+    std::vector<acc_t> zbuf(Tk), cbuf(conv), bbuf(bias != nullptr ? conv : 0);
     for (int64_t r = r0; r < r1; ++r) {
       const RowIndex ix = split_row(a, r);
       int64_t lo, hi;
@@ -135,17 +136,23 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
       acc_t* z = zbuf.data();
       const scalar_t* xr = x + ix.b * a.xs[0] + ix.h * a.xs[1] + ix.i * a.xs[2] + lo;
       at::vec::map([scale](Vec v) { return v * Vec(scale); }, z, to_acc(xr, cbuf.data(), n), n);
-      if (a.mask != nullptr || bias != nullptr) {
-        const int64_t mo = ix.b * a.ms[0] + ix.h * a.ms[1] + ix.i * a.ms[2];
+      if (bias != nullptr) {
         const int64_t bo = ix.b * a.bs[0] + ix.h * a.bs[1] + ix.i * a.bs[2];
-        for (int64_t k = 0; k < n; ++k) {
-          const int64_t j = lo + k;
-          if (a.mask != nullptr && !a.mask[mo + j * a.ms[3]]) {
-            z[k] = neg_inf;
-          } else if (bias != nullptr) {
-            const acc_t bv = static_cast<acc_t>(bias[bo + j * a.bs[3]]);
+        if (a.bs[3] == 1) {  // a bias row in memory: vector adds
+          at::vec::map2([bias_min, neg_inf](Vec zv, Vec bv) {
+            return Vec::blendv(zv + bv, Vec(neg_inf), bv <= Vec(bias_min));
+          }, z, z, to_acc(bias + bo + lo, bbuf.data(), n), n);
+        } else {
+          for (int64_t k = 0; k < n; ++k) {
+            const acc_t bv = static_cast<acc_t>(bias[bo + (lo + k) * a.bs[3]]);
             z[k] = bv <= bias_min ? neg_inf : z[k] + bv;
           }
+        }
+      }
+      if (a.mask != nullptr) {
+        const bool* mr = a.mask + ix.b * a.ms[0] + ix.h * a.ms[1] + ix.i * a.ms[2];
+        for (int64_t k = 0; k < n; ++k) {
+          if (!mr[(lo + k) * a.ms[3]]) z[k] = neg_inf;
         }
       }
       const acc_t mx = max_all(z, n);
