@@ -180,6 +180,49 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
   });
 }
 
+// One row of the backward below for fp16/bf16, converting vectors to fp32 in
+// registers (two passes over y and dy, no row buffers).
+template <typename scalar_t, bool LOG>
+void backward_row_reduced(const scalar_t* y, const scalar_t* g, scalar_t* o, int64_t n,
+                          float scale) {
+  using bVec = at::vec::Vectorized<scalar_t>;
+  using fVec = at::vec::Vectorized<float>;
+  const float lowest = static_cast<float>(std::numeric_limits<scalar_t>::lowest());
+  const fVec vmin(lowest);
+  auto term = [&](fVec yv, fVec gv) { return LOG ? gv & (yv != vmin) : yv * gv; };
+  fVec acc0(0.f), acc1(0.f);
+  int64_t k = 0;
+  for (; k + bVec::size() <= n; k += bVec::size()) {
+    auto [y0, y1] = at::vec::convert_to_float<scalar_t>(bVec::loadu(y + k));
+    auto [g0, g1] = at::vec::convert_to_float<scalar_t>(bVec::loadu(g + k));
+    acc0 = acc0 + term(y0, g0);
+    acc1 = acc1 + term(y1, g1);
+  }
+  float dot = at::vec::vec_reduce_all<float>([](fVec& p, fVec& q) { return p + q; }, acc0 + acc1);
+  const int64_t body = k;
+  for (; k < n; ++k) {
+    const float yv = static_cast<float>(y[k]), gv = static_cast<float>(g[k]);
+    dot += LOG ? (yv != lowest ? gv : 0.f) : yv * gv;
+  }
+  auto grad = [&](fVec yv, fVec gv) {
+    if constexpr (LOG) {
+      return ((gv - yv.exp() * fVec(dot)) * fVec(scale)) & (yv != vmin);
+    } else {
+      return yv * (gv - fVec(dot)) * fVec(scale);
+    }
+  };
+  for (k = 0; k < body; k += bVec::size()) {
+    auto [y0, y1] = at::vec::convert_to_float<scalar_t>(bVec::loadu(y + k));
+    auto [g0, g1] = at::vec::convert_to_float<scalar_t>(bVec::loadu(g + k));
+    at::vec::convert_from_float<scalar_t>(grad(y0, g0), grad(y1, g1)).store(o + k);
+  }
+  for (; k < n; ++k) {
+    const float yv = static_cast<float>(y[k]), gv = static_cast<float>(g[k]);
+    o[k] = static_cast<scalar_t>(LOG ? (yv != lowest ? scale * (gv - std::exp(yv) * dot) : 0.f)
+                                     : scale * yv * (gv - dot));
+  }
+}
+
 // Softmax: dx = scale * y * (dy - sum(dy * y)) on the visible interval.
 // LOG (y = log-softmax): dx = scale * (dy - exp(y) * sum(dy)), with the sum and
 // dx over the positions where y != finfo.min (the unmasked ones). 0 elsewhere.
@@ -194,7 +237,8 @@ void softmax_backward_kernel(const SoftmaxArgs& a) {
   const int64_t Tk = a.Tk;
 
   at::parallel_for(0, a.rows(), row_grain(Tk), [&](int64_t r0, int64_t r1) {
-    const bool convert = !std::is_same_v<scalar_t, acc_t>;
+    // Row buffers only for the fp64 / fp32 path's conversions (none: fp16/bf16 convert in registers).
+    const bool convert = !std::is_same_v<scalar_t, acc_t> && !at::is_reduced_floating_point_v<scalar_t>;
     std::vector<acc_t> ybuf(convert ? Tk : 0), gbuf(convert ? Tk : 0), obuf(convert ? Tk : 0);
     for (int64_t r = r0; r < r1; ++r) {
       const RowIndex ix = split_row(a, r);
@@ -205,9 +249,13 @@ void softmax_backward_kernel(const SoftmaxArgs& a) {
       std::fill(o + hi, o + Tk, scalar_t(0));
       const int64_t n = hi - lo;
       if (n == 0) continue;
+      const scalar_t* gsrc = dy + ix.b * a.xs[0] + ix.h * a.xs[1] + ix.i * a.xs[2] + lo;
+      if constexpr (at::is_reduced_floating_point_v<scalar_t>) {
+        backward_row_reduced<scalar_t, LOG>(y + r * Tk + lo, gsrc, o + lo, n, scale);
+        continue;
+      }
       const acc_t* yr = to_acc(y + r * Tk + lo, ybuf.data(), n);
-      const acc_t* gr = to_acc(dy + ix.b * a.xs[0] + ix.h * a.xs[1] + ix.i * a.xs[2] + lo,
-                               gbuf.data(), n);
+      const acc_t* gr = to_acc(gsrc, gbuf.data(), n);
       const Vec vmin(static_cast<acc_t>(std::numeric_limits<scalar_t>::lowest()));
       const acc_t dot = sum2(yr, gr, n, [vmin](Vec p, Vec q) { return LOG ? q & (p != vmin) : p * q; });
       auto grad = [dot, scale, vmin](Vec yv, Vec gv) {
