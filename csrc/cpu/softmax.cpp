@@ -75,22 +75,32 @@ acc_t sum2(const acc_t* a, const acc_t* b, int64_t n, F f) {
   return at::vec::vec_reduce_all<acc_t>([](Vec& p, Vec& q) { return p + q; }, (s0 + s1) + (s2 + s3));
 }
 
-// max over z[0:n] (n > 0), four independent accumulators; NaN propagates.
+// z[0:n] = src[0:n] * scale (src == z is fine); returns the max (n > 0), with
+// four independent accumulators; NaN propagates.
 template <typename acc_t>
-acc_t max_all(const acc_t* z, int64_t n) {
+acc_t scale_max(const acc_t* src, acc_t* z, int64_t n, acc_t scale) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
-  const Vec lowest(-std::numeric_limits<acc_t>::infinity());
+  const Vec lowest(-std::numeric_limits<acc_t>::infinity()), vs(scale);
   Vec m0 = lowest, m1 = lowest, m2 = lowest, m3 = lowest;
+  auto step = [&](Vec& m, int64_t k) {
+    const Vec v = Vec::loadu(src + k) * vs;
+    v.store(z + k);
+    m = at::vec::maximum(m, v);
+  };
   int64_t k = 0;
   for (; k + 4 * V <= n; k += 4 * V) {
-    m0 = at::vec::maximum(m0, Vec::loadu(z + k));
-    m1 = at::vec::maximum(m1, Vec::loadu(z + k + V));
-    m2 = at::vec::maximum(m2, Vec::loadu(z + k + 2 * V));
-    m3 = at::vec::maximum(m3, Vec::loadu(z + k + 3 * V));
+    step(m0, k);
+    step(m1, k + V);
+    step(m2, k + 2 * V);
+    step(m3, k + 3 * V);
   }
-  for (; k + V <= n; k += V) m0 = at::vec::maximum(m0, Vec::loadu(z + k));
-  if (k < n) m1 = at::vec::maximum(m1, Vec::set(lowest, Vec::loadu(z + k, n - k), n - k));
+  for (; k + V <= n; k += V) step(m0, k);
+  if (k < n) {
+    const Vec v = Vec::loadu(src + k, n - k) * vs;
+    v.store(z + k, n - k);
+    m1 = at::vec::maximum(m1, Vec::set(lowest, v, n - k));
+  }
   const Vec m = at::vec::maximum(at::vec::maximum(m0, m1), at::vec::maximum(m2, m3));
   return at::vec::vec_reduce_all<acc_t>([](Vec& p, Vec& q) { return at::vec::maximum(p, q); }, m);
 }
@@ -135,7 +145,7 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
 
       acc_t* z = zbuf.data();
       const scalar_t* xr = x + ix.b * a.xs[0] + ix.h * a.xs[1] + ix.i * a.xs[2] + lo;
-      at::vec::map([scale](Vec v) { return v * Vec(scale); }, z, to_acc(xr, cbuf.data(), n), n);
+      acc_t mx = scale_max(to_acc(xr, cbuf.data(), n), z, n, scale);
       if (bias != nullptr) {
         const int64_t bo = ix.b * a.bs[0] + ix.h * a.bs[1] + ix.i * a.bs[2];
         if (a.bs[3] == 1) {  // a bias row in memory: vector adds
@@ -155,7 +165,7 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
           if (!mr[(lo + k) * a.ms[3]]) z[k] = neg_inf;
         }
       }
-      const acc_t mx = max_all(z, n);
+      if (bias != nullptr || a.mask != nullptr) mx = scale_max(z, z, n, acc_t(1));
       if (mx == neg_inf) {  // every visible key masked by mask/bias
         std::fill(o + lo, o + hi, masked);
         continue;
