@@ -10,7 +10,6 @@
 
 #include <algorithm>
 #include <type_traits>
-#include <vector>
 
 #include "maskext/checks.h"
 #include "maskext/cpu_vec.h"
@@ -21,7 +20,7 @@ namespace {
 template <typename acc_t>
 at::vec::Vectorized<acc_t> vsigmoid(at::vec::Vectorized<acc_t> z) {
   using Vec = at::vec::Vectorized<acc_t>;
-  return Vec(acc_t(1)) / (Vec(acc_t(1)) + z.neg().exp());
+  return Vec(acc_t(1)) / (Vec(acc_t(1)) + fast_exp(z.neg()));
 }
 
 // hard ? (z >= 0) : sigmoid(z), as 0/1 or (0, 1).
@@ -31,16 +30,27 @@ at::vec::Vectorized<acc_t> vmask(at::vec::Vectorized<acc_t> z, bool hard) {
   return hard ? Vec::blendv(Vec(acc_t(0)), Vec(acc_t(1)), z >= Vec(acc_t(0))) : vsigmoid(z);
 }
 
-// Rows are the (b, t) steps of F elements; padded steps are written as 0.
+// Calls f(offset, count, real) over the flat (B, T, F) data in spans of at most
+// kSpan elements that are all real or all padding: the real steps of one batch
+// element are contiguous, so a span covers many steps (no per-step overhead).
+constexpr int64_t kSpan = 4096;
+
 template <typename F>
-void for_each_step(const PaddedArgs& a, F&& f) {
+void for_each_span(const PaddedArgs& a, F&& f) {
   at::parallel_for(0, a.B * a.T, std::max<int64_t>(1, 16384 / std::max<int64_t>(a.I, 1)),
                    [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
+    for (int64_t r = r0; r < r1;) {
+      const int64_t b = r / a.T, first = b * a.T, end = std::min(r1, first + a.T);
       int64_t lo, hi;
-      row_bounds(a.spec, r / a.T, 0, lo, hi);
-      const int64_t t = r % a.T;
-      f(r * a.I, t >= lo && t < hi);
+      row_bounds(a.spec, b, 0, lo, hi);
+      // [r, end) splits into padding before lo, real steps, padding from hi.
+      const int64_t cuts[4] = {r, std::clamp(first + lo, r, end), std::clamp(first + hi, r, end), end};
+      for (int part = 0; part < 3; ++part) {
+        for (int64_t e = cuts[part] * a.I; e < cuts[part + 1] * a.I; e += kSpan) {
+          f(e, std::min(kSpan, cuts[part + 1] * a.I - e), part == 1);
+        }
+      }
+      r = end;
     }
   });
 }
@@ -58,19 +68,17 @@ at::Tensor gate_cpu(const std::optional<at::Tensor>& x, const at::Tensor& logits
     const scalar_t* xd = g.x.defined() ? g.x.data_ptr<scalar_t>() : nullptr;
     auto* o = out.data_ptr<scalar_t>();
     const Vec it(static_cast<acc_t>(inv_t));
-    const int64_t n = a.I;
-    for_each_step(a, [&](int64_t base, bool real) {
+    for_each_span(a, [&](int64_t base, int64_t n, bool real) {
       if (!real) {
         std::fill(o + base, o + base + n, scalar_t(0));
         return;
       }
-      thread_local std::vector<acc_t> zb, xb, ob;
-      zb.resize(n); xb.resize(n); ob.resize(n);
-      const acc_t* zr = to_acc(z + base, zb.data(), n);
-      acc_t* res = std::is_same_v<scalar_t, acc_t> ? reinterpret_cast<acc_t*>(o + base) : ob.data();
+      acc_t zb[kSpan], xb[kSpan], ob[kSpan];
+      const acc_t* zr = to_acc(z + base, zb, n);
+      acc_t* res = std::is_same_v<scalar_t, acc_t> ? reinterpret_cast<acc_t*>(o + base) : ob;
       if (xd != nullptr) {
         at::vec::map2([&](Vec zv, Vec xv) { return xv * vmask(zv * it, hard); }, res, zr,
-                      to_acc(xd + base, xb.data(), n), n);
+                      to_acc(xd + base, xb, n), n);
       } else {
         at::vec::map([&](Vec zv) { return vmask(zv * it, hard); }, res, zr, n);
       }
@@ -101,33 +109,31 @@ std::tuple<at::Tensor, at::Tensor> gate_backward_cpu(const at::Tensor& grad,
     auto* dz = dlogits.data_ptr<scalar_t>();
     scalar_t* dxd = xd ? dx.data_ptr<scalar_t>() : nullptr;
     const Vec it(static_cast<acc_t>(inv_t));
-    const int64_t n = a.I;
-    for_each_step(a, [&](int64_t base, bool real) {
+    for_each_span(a, [&](int64_t base, int64_t n, bool real) {
       if (!real) {
         std::fill(dz + base, dz + base + n, scalar_t(0));
         if (dxd) std::fill(dxd + base, dxd + base + n, scalar_t(0));
         return;
       }
-      thread_local std::vector<acc_t> zb, gb, xb, ob;
-      zb.resize(n); gb.resize(n); xb.resize(n); ob.resize(n);
-      const acc_t* zr = to_acc(z + base, zb.data(), n);
-      const acc_t* gr = to_acc(gd + base, gb.data(), n);
+      acc_t zb[kSpan], gb[kSpan], xb[kSpan], ob[kSpan];
+      const acc_t* zr = to_acc(z + base, zb, n);
+      const acc_t* gr = to_acc(gd + base, gb, n);
       // grad * x first (in ob), then times the sigmoid's slope.
       if (xd != nullptr) {
-        at::vec::map2([](Vec gv, Vec xv) { return gv * xv; }, ob.data(), gr,
-                      to_acc(xd + base, xb.data(), n), n);
+        at::vec::map2([](Vec gv, Vec xv) { return gv * xv; }, ob, gr,
+                      to_acc(xd + base, xb, n), n);
       } else {
-        std::copy(gr, gr + n, ob.data());
+        std::copy(gr, gr + n, ob);
       }
       at::vec::map2([&](Vec gx, Vec zv) {
         const Vec s = vsigmoid(zv * it);
         return gx * s * (Vec(acc_t(1)) - s) * it;
-      }, ob.data(), ob.data(), zr, n);
-      at::vec::convert(ob.data(), dz + base, n);
+      }, ob, ob, zr, n);
+      at::vec::convert(ob, dz + base, n);
       if (dxd != nullptr) {
-        at::vec::map2([&](Vec gv, Vec zv) { return gv * vmask(zv * it, hard); }, ob.data(), gr,
+        at::vec::map2([&](Vec gv, Vec zv) { return gv * vmask(zv * it, hard); }, ob, gr,
                       zr, n);
-        at::vec::convert(ob.data(), dxd + base, n);
+        at::vec::convert(ob, dxd + base, n);
       }
     });
   });
