@@ -20,15 +20,14 @@ namespace {
 // Rows are independent; a chunk should hold enough elements to be worth a task.
 int64_t row_grain(int64_t Tk) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(Tk, 1)); }
 
-// dst[0:n] = src[0:n] * factor, converted to scalar_t (src is used as scratch).
-template <typename scalar_t, typename acc_t>
-void store_scaled(acc_t* src, acc_t factor, scalar_t* dst, int64_t n) {
-  using Vec = at::vec::Vectorized<acc_t>;
-  auto mul = [factor](Vec v) { return v * Vec(factor); };
+// dst[0:n] = f(src[0:n]) (f maps vectors), converted to scalar_t; src is
+// used as scratch.
+template <typename scalar_t, typename acc_t, typename F>
+void store_mapped(acc_t* src, scalar_t* dst, int64_t n, F f) {
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    at::vec::map(mul, dst, src, n);
+    at::vec::map(f, dst, src, n);
   } else {
-    at::vec::map(mul, src, src, n);
+    at::vec::map(f, src, src, n);
     at::vec::convert(src, dst, n);
   }
 }
@@ -175,16 +174,11 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
             [mx](Vec v) { return (v - Vec(mx)).exp(); }, [](Vec p, Vec q) { return p + q; }, z, n);
         const acc_t lse = mx + std::log(sum);
         // -inf (masked) and anything below finfo.min become finfo.min.
-        auto logp = [lse, bias_min](Vec v) { return at::vec::maximum(v - Vec(lse), Vec(bias_min)); };
-        if constexpr (std::is_same_v<scalar_t, acc_t>) {
-          at::vec::map(logp, o + lo, z, n);
-        } else {
-          at::vec::map(logp, z, z, n);
-          at::vec::convert(z, o + lo, n);
-        }
+        store_mapped(z, o + lo, n,
+                     [lse, bias_min](Vec v) { return at::vec::maximum(v - Vec(lse), Vec(bias_min)); });
       } else {
         const acc_t inv = acc_t(1) / exp_sum_inplace(z, n, mx);
-        store_scaled(z, inv, o + lo, n);
+        store_mapped(z, o + lo, n, [inv](Vec v) { return v * Vec(inv); });
       }
     }
   });
@@ -247,9 +241,6 @@ void softmax_backward_kernel(const SoftmaxArgs& a) {
   const int64_t Tk = a.Tk;
 
   at::parallel_for(0, a.rows(), row_grain(Tk), [&](int64_t r0, int64_t r1) {
-    // Row buffers only for the fp64 / fp32 path's conversions (none: fp16/bf16 convert in registers).
-    const bool convert = !std::is_same_v<scalar_t, acc_t> && !at::is_reduced_floating_point_v<scalar_t>;
-    std::vector<acc_t> ybuf(convert ? Tk : 0), gbuf(convert ? Tk : 0), obuf(convert ? Tk : 0);
     for (int64_t r = r0; r < r1; ++r) {
       const RowIndex ix = split_row(a, r);
       int64_t lo, hi;
@@ -259,27 +250,21 @@ void softmax_backward_kernel(const SoftmaxArgs& a) {
       std::fill(o + hi, o + Tk, scalar_t(0));
       const int64_t n = hi - lo;
       if (n == 0) continue;
-      const scalar_t* gsrc = dy + ix.b * a.xs[0] + ix.h * a.xs[1] + ix.i * a.xs[2] + lo;
+      const scalar_t* yr = y + r * Tk + lo;
+      const scalar_t* gr = dy + ix.b * a.xs[0] + ix.h * a.xs[1] + ix.i * a.xs[2] + lo;
       if constexpr (at::is_reduced_floating_point_v<scalar_t>) {
-        backward_row_reduced<scalar_t, LOG>(y + r * Tk + lo, gsrc, o + lo, n, scale);
-        continue;
-      }
-      const acc_t* yr = to_acc(y + r * Tk + lo, ybuf.data(), n);
-      const acc_t* gr = to_acc(gsrc, gbuf.data(), n);
-      const Vec vmin(static_cast<acc_t>(std::numeric_limits<scalar_t>::lowest()));
-      const acc_t dot = sum2(yr, gr, n, [vmin](Vec p, Vec q) { return LOG ? q & (p != vmin) : p * q; });
-      auto grad = [dot, scale, vmin](Vec yv, Vec gv) {
-        if constexpr (LOG) {
-          return ((gv - yv.exp() * Vec(dot)) * Vec(scale)) & (yv != vmin);
-        } else {
-          return yv * (gv - Vec(dot)) * Vec(scale);
-        }
-      };
-      if constexpr (std::is_same_v<scalar_t, acc_t>) {
+        backward_row_reduced<scalar_t, LOG>(yr, gr, o + lo, n, scale);
+      } else {  // fp32 / fp64: acc_t is scalar_t, no conversion
+        const Vec vmin(std::numeric_limits<scalar_t>::lowest());
+        const acc_t dot = sum2(yr, gr, n, [vmin](Vec p, Vec q) { return LOG ? q & (p != vmin) : p * q; });
+        auto grad = [dot, scale, vmin](Vec yv, Vec gv) {
+          if constexpr (LOG) {
+            return ((gv - yv.exp() * Vec(dot)) * Vec(scale)) & (yv != vmin);
+          } else {
+            return yv * (gv - Vec(dot)) * Vec(scale);
+          }
+        };
         at::vec::map2(grad, o + lo, yr, gr, n);
-      } else {
-        at::vec::map2(grad, obuf.data(), yr, gr, n);
-        at::vec::convert(obuf.data(), o + lo, n);
       }
     }
   });
