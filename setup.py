@@ -8,6 +8,10 @@ Environment:
                                portable CPU kernels.
   TORCH_CUDA_ARCH_LIST         default when unset and no GPU is visible: 8.0;8.6;9.0+PTX
   MAX_JOBS                     parallel compile jobs (ninja).
+
+The CPU kernels are compiled with the intra-op parallel backend of the installed
+torch (OpenMP on Linux wheels, as torch itself): without it at::parallel_for
+runs every kernel on one core.
 """
 import glob
 import os
@@ -16,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 
 from setuptools import setup
 
@@ -81,22 +86,71 @@ def cpu_flags():
     return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
 
 
+def torch_parallel_backend():
+    m = re.search(r"ATen parallel backend: (\S+)", torch.__config__.parallel_info())
+    return m.group(1) if m else "unknown"
+
+
+def openmp_flags():
+    """(compile flags, link flags) that give the CPU kernels torch's OpenMP backend,
+    checked by compiling a small OpenMP program; ([], []) with a warning when the
+    compiler has no OpenMP (e.g. Apple clang): the build goes on, single-threaded."""
+    backend = torch_parallel_backend()
+    if backend != "OpenMP":
+        # A native thread pool lives inside libtorch: at::parallel_for needs no flags.
+        log(f"torch's parallel backend is {backend}: no OpenMP flags needed")
+        return [], []
+    cxx = os.environ.get("CXX", "c++")
+    flags = ["-Xpreprocessor", "-fopenmp"] if sys.platform == "darwin" else ["-fopenmp"]
+    libs = ["-lomp"] if sys.platform == "darwin" else ["-fopenmp"]
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "omp.cpp")
+        with open(src, "w") as f:
+            f.write("#include <omp.h>\nint main() { int n = 0;\n#pragma omp parallel\n"
+                    "{ n = omp_get_num_threads(); }\nreturn n > 0 ? 0 : 1; }\n")
+        try:
+            ok = subprocess.run([cxx, *flags, src, *libs, "-o", os.path.join(tmp, "a.out")],
+                                capture_output=True, timeout=120).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            ok = False
+    if not ok:
+        log(f"WARNING: torch uses OpenMP but {cxx} cannot compile OpenMP code: the CPU kernels "
+            "will run on ONE thread (maskext.build_info()['parallel_backend'] says so)")
+        return [], []
+    log(f"CPU kernels use torch's OpenMP backend ({' '.join(flags)})")
+    return flags, libs
+
+
+def cuda_archs_define():
+    """The CUDA architectures compiled, for maskext.build_info() (no ';' on the
+    command line: the list is comma-separated)."""
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if not archs:
+        archs = ";".join("{}.{}".format(*torch.cuda.get_device_capability(i))
+                         for i in range(torch.cuda.device_count()))
+    archs = ",".join(a for a in re.split(r"[;\s]+", archs) if a)
+    return f"-DMASKEXT_CUDA_ARCHS={archs}"
+
+
 def extensions():
     build_cuda, reason = cuda_plan()
     from torch.utils.cpp_extension import CppExtension, CUDAExtension  # after CUDA_HOME is set
 
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3", "-Wno-unknown-pragmas"] + cpu_flags()
+    omp_compile, omp_link = openmp_flags()
+    # -Wno-unknown-pragmas: torch's vec headers carry `#pragma unroll`, which gcc ignores.
+    cxx = ["-O3", "-Wno-unknown-pragmas"] + cpu_flags() + omp_compile
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     if not build_cuda:
         log(f"building the CPU kernels only ({reason})")
         return [CppExtension("maskext._C", sources, include_dirs=include_dirs,
-                             extra_compile_args={"cxx": cxx})]
+                             extra_compile_args={"cxx": cxx}, extra_link_args=omp_link)]
     log(f"building the CPU and CUDA kernels ({reason})")
     sources += sorted(glob.glob("csrc/cuda/*.cu"))
     nvcc = ["-O3", "-DMASKEXT_WITH_CUDA", "--expt-relaxed-constexpr", "-lineinfo"]
+    cxx += ["-DMASKEXT_WITH_CUDA", cuda_archs_define()]
     return [CUDAExtension("maskext._C", sources, include_dirs=include_dirs,
-                          extra_compile_args={"cxx": cxx + ["-DMASKEXT_WITH_CUDA"], "nvcc": nvcc})]
+                          extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=omp_link)]
 
 
 def build_ext_class():

@@ -37,7 +37,15 @@ TORCH_LIBRARY(maskext, m) {
         "float inv_temperature, bool hard) -> (Tensor, Tensor)");
 }
 
+#include <ATen/Parallel.h>
+
+#include <mutex>
+#include <set>
+
 namespace {
+#define MASKEXT_STR_(...) #__VA_ARGS__
+#define MASKEXT_STR(...) MASKEXT_STR_(__VA_ARGS__)
+
 bool cuda_built() {
 #ifdef MASKEXT_WITH_CUDA
   return true;
@@ -45,8 +53,60 @@ bool cuda_built() {
   return false;
 #endif
 }
+
+// The intra-op backend at::parallel_for has in THIS module's kernels (it is
+// decided by the flags they were compiled with, not by libtorch): "OpenMP",
+// "native" (torch's own thread pool) or "none" (serial: a broken build).
+std::string parallel_backend() {
+#if defined(_OPENMP)
+  return "OpenMP";
+#elif AT_PARALLEL_NATIVE
+  return "native";
+#else
+  return "none";
+#endif
+}
+
+pybind11::dict build_info() {
+  pybind11::dict d;
+  d["cuda"] = cuda_built();
+#ifdef MASKEXT_CUDA_ARCHS
+  d["cuda_archs"] = std::string(MASKEXT_STR(MASKEXT_CUDA_ARCHS));
+#else
+  d["cuda_archs"] = std::string();
+#endif
+#if defined(CPU_CAPABILITY_AVX2)
+  d["cpu_capability"] = "AVX2";
+#else
+  d["cpu_capability"] = "default";
+#endif
+  d["parallel_backend"] = parallel_backend();
+#if defined(_OPENMP)
+  d["openmp"] = static_cast<int64_t>(_OPENMP);
+#else
+  d["openmp"] = static_cast<int64_t>(0);
+#endif
+  d["torch"] = std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) +
+               "." + std::to_string(TORCH_VERSION_PATCH);  // the headers it was compiled against
+  return d;
+}
+
+// How many distinct threads run the bodies of one at::parallel_for over n
+// items (grain 1) in this module: the proof that the kernels are parallel.
+int64_t parallel_threads_used(int64_t n) {
+  std::mutex mu;
+  std::set<int> ids;
+  at::parallel_for(0, n, 1, [&](int64_t, int64_t) {
+    std::lock_guard<std::mutex> lock(mu);
+    ids.insert(at::get_thread_num());
+  });
+  return static_cast<int64_t>(ids.size());
+}
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cuda_built", &cuda_built, "True when the CUDA kernels were compiled into this build");
+  m.def("build_info", &build_info, "What this build of maskext was compiled with");
+  m.def("parallel_threads_used", &parallel_threads_used, pybind11::arg("n"),
+        "Distinct threads that run one at::parallel_for over n items (grain 1)");
 }

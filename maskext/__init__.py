@@ -8,6 +8,7 @@ from . import _loader  # noqa: F401  (loads maskext._C, which registers the ops)
 from . import nn, reference
 from .ops import (
     attention_mask,
+    build_info,
     cuda_built,
     fill_padding,
     fill_padding_,
@@ -28,6 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "attention_mask",
+    "build_info",
     "cuda_built",
     "fill_padding",
     "fill_padding_",

@@ -39,6 +39,16 @@ def cuda_built() -> bool:
     return bool(_C.cuda_built())
 
 
+def build_info() -> dict:
+    """What this build of maskext was compiled with: ``cuda`` (bool), ``cuda_archs``
+    (comma-separated, empty without CUDA), ``cpu_capability`` (``"AVX2"`` or
+    ``"default"``), ``parallel_backend`` of the CPU kernels (``"OpenMP"``,
+    ``"native"``, or ``"none"``: single-threaded), ``openmp`` (the ``_OPENMP``
+    date, 0 without) and ``torch`` (the version of the headers it was built
+    against)."""
+    return dict(_C.build_info())
+
+
 # ---------------------------------------------------------------- argument helpers
 
 def _tensor_arg(op: str, name: str, value, optional: bool = True) -> Optional[Tensor]:

@@ -29,3 +29,37 @@ def test_cuda_built_when_required():
     if os.environ.get("MASKEXT_EXPECT_CUDA") != "1":
         pytest.skip("MASKEXT_EXPECT_CUDA is not set")
     assert maskext.cuda_built()
+
+
+def _torch_parallel_backend():
+    for line in torch.__config__.parallel_info().splitlines():
+        if line.startswith("ATen parallel backend:"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def test_build_info_matches_the_build():
+    info = maskext.build_info()
+    assert info["cuda"] == maskext.cuda_built()
+    assert bool(info["cuda_archs"]) == info["cuda"]
+    assert info["cpu_capability"] in ("AVX2", "default")
+    assert info["torch"] == torch.__version__.split("+")[0]
+
+
+def test_cpu_kernels_use_torchs_parallel_backend():
+    # Without OpenMP flags at::parallel_for compiles to a serial loop in the
+    # extension, whatever libtorch does: every CPU kernel then runs on one core.
+    info = maskext.build_info()
+    backend = _torch_parallel_backend()
+    if backend == "OpenMP":
+        assert info["parallel_backend"] == "OpenMP" and info["openmp"] > 0
+    else:
+        assert info["parallel_backend"] == "native"
+
+
+def test_parallel_for_runs_on_several_threads():
+    n = torch.get_num_threads()
+    if n < 2:
+        pytest.skip("torch runs one intra-op thread here")
+    used = maskext._C.parallel_threads_used(64 * n)
+    assert 2 <= used <= n
