@@ -7,7 +7,7 @@ it), with a floor measured in the same run:
 * masked_max     vs ``x.masked_fill(pad, -inf).amax(1)``        floor: x.sum(1)
 * masked_log_softmax vs ``x.masked_fill(~keep, -inf).log_softmax(-1)``  floor: copy_
 
-    python benchmarks/bench_masked_ops.py [--device cpu|cuda] [--out DIR]
+    python benchmarks/bench_masked_ops.py [--device cpu|cuda] [--threads N] [--out DIR]
 
 The eager code builds its mask from the lengths inside the timed call, as a
 model does. Lengths are uniform in [T/2, T].
@@ -109,9 +109,9 @@ def run(device="cpu", out_dir=common.OUT_DIR, min_run_time=0.5):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--out", default=common.OUT_DIR)
+    common.add_common_args(ap)
     a = ap.parse_args()
+    common.apply_common_args(a)
     print(run(a.device, a.out))
 
 

@@ -1,7 +1,7 @@
 """Building masks from lengths: maskext vs eager PyTorch vs the floor
 (``fill_`` of an output of the same size and dtype, in the same run).
 
-    python benchmarks/bench_masks.py [--device cpu|cuda] [--out DIR]
+    python benchmarks/bench_masks.py [--device cpu|cuda] [--threads N] [--out DIR]
 
 Eager baselines: ``arange(T) < lengths[:, None]`` for 2-D masks, and the
 Hugging Face-style 4-D causal + padding mask (``full`` + ``triu`` +
@@ -75,9 +75,9 @@ def run(device="cpu", out_dir=common.OUT_DIR, min_run_time=0.5):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--out", default=common.OUT_DIR)
+    common.add_common_args(ap)
     a = ap.parse_args()
+    common.apply_common_args(a)
     print(run(a.device, a.out))
 
 

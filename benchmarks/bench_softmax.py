@@ -1,7 +1,7 @@
 """Masked softmax, forward and backward: maskext vs eager PyTorch vs
 torch._masked_softmax vs torch.compile of the eager code vs a plain copy.
 
-    python benchmarks/bench_softmax.py [--device cpu|cuda] [--full] [--out DIR]
+    python benchmarks/bench_softmax.py [--device cpu|cuda] [--threads N] [--full] [--out DIR]
 
 Lengths are uniform in [Tk/2, Tk] ("padded"), all Tk ("full"), or padded plus
 causal ("causal+padded", Tq == Tk). Every provider's output is checked against
@@ -173,11 +173,11 @@ def run(device="cpu", full=False, dtypes=None, shapes=None, out_dir=common.OUT_D
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    common.add_common_args(ap)
     ap.add_argument("--full", action="store_true", help="more shapes/cases on the CPU")
     ap.add_argument("--dtypes", default=None, help="comma list of fp16,bf16,fp32")
-    ap.add_argument("--out", default=common.OUT_DIR)
     a = ap.parse_args()
+    common.apply_common_args(a)
     print(run(a.device, a.full, a.dtypes.split(",") if a.dtypes else None, out_dir=a.out))
 
 

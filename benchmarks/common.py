@@ -1,7 +1,9 @@
 """Shared benchmark plumbing: timing, environment, progress, CSV/Markdown/PNG output.
 
 Timing: CUDA with triton.testing.do_bench (CUDA events; L2 flushed between runs)
-when Triton is present, else CUDA events; CPU with torch.utils.benchmark.
+when Triton is present, else CUDA events; CPU with torch.utils.benchmark at the
+process's intra-op thread count (torch.get_num_threads(), which --threads sets;
+torch.utils.benchmark.Timer alone would run everything on ONE thread).
 Every row records the device, torch version, git commit and date.
 """
 import csv
@@ -51,6 +53,22 @@ def env_info(device: str) -> Dict[str, str]:
             "date": _dt.date.today().isoformat()}
 
 
+def add_common_args(ap) -> None:
+    """--device, --out and --threads, the same in every benchmark script."""
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", default=OUT_DIR)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU intra-op threads (default: torch's default, "
+                         f"{torch.get_num_threads()} here)")
+
+
+def apply_common_args(a) -> None:
+    if a.threads is not None:
+        torch.set_num_threads(a.threads)
+    if a.device == "cpu":
+        print(f"CPU benchmarks on {torch.get_num_threads()} threads", file=sys.stderr, flush=True)
+
+
 def time_ms(fn: Callable[[], object], device: str, min_run_time: float = 0.5) -> float:
     """Median time of one call of fn, in ms."""
     if device == "cuda":
@@ -61,7 +79,8 @@ def time_ms(fn: Callable[[], object], device: str, min_run_time: float = 0.5) ->
             return _cuda_events_ms(fn)
     from torch.utils import benchmark
     fn()
-    t = benchmark.Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time)
+    t = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    t = t.blocked_autorange(min_run_time=min_run_time)
     return t.median * 1e3
 
 

@@ -2,7 +2,7 @@
 torch._masked_softmax, torch.compile and the memory floor, on CUDA when a GPU
 is present, else on the CPU.
 
-    python benchmarks/profile_all.py [--device cpu|cuda] [--full] [--out DIR]
+    python benchmarks/profile_all.py [--device cpu|cuda] [--threads N] [--full] [--out DIR]
 
 Writes CSV, Markdown and (with matplotlib) PNG files to benchmarks/out/ and
 prints the Markdown tables. CPU timings on a shared machine are noisy: read
@@ -23,10 +23,10 @@ import common  # noqa: E402
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    common.add_common_args(ap)
     ap.add_argument("--full", action="store_true", help="the longer sweep")
-    ap.add_argument("--out", default=common.OUT_DIR)
     a = ap.parse_args()
+    common.apply_common_args(a)
     print(f"maskext profile on {common.device_name(a.device)}, torch {torch.__version__}\n", flush=True)
     print("## Mask building\n\n" + bench_masks.run(a.device, a.out), flush=True)
     print("## Masked softmax\n\n" + bench_softmax.run(a.device, a.full, out_dir=a.out), flush=True)
