@@ -32,6 +32,9 @@ from torch import Tensor
 from . import _C
 
 _ops = torch.ops.maskext
+_is_compiling = torch.compiler.is_compiling
+_grad_enabled = torch.is_grad_enabled
+_BelowAutograd = torch._C._AutoDispatchBelowAutograd
 
 
 def cuda_built() -> bool:
@@ -83,6 +86,23 @@ def _int_arg(op: str, name: str, value, optional: bool = False) -> Optional[int]
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"maskext.{op}: {name} must be an int >= 0, got {value!r}")
     return int(value)
+
+
+def _call(op, differentiable, *args):
+    """``op(*args)``. When no gradient can flow (grad mode off, or none of the
+    ``differentiable`` tensors requires grad) the op is dispatched below the
+    autograd layer: the same kernel, without the Python autograd wrapper that
+    ``register_autograd`` puts in front of every call (about 5 us, which is
+    most of the time of an op on a small input). Under ``torch.compile`` the
+    op is traced as is."""
+    if _is_compiling():
+        return op(*args)
+    if _grad_enabled():
+        for t in differentiable:  # a loop: any() over a generator costs ~0.5 us here
+            if t is not None and t.requires_grad:
+                return op(*args)
+    with _BelowAutograd():
+        return op(*args)
 
 
 # ---------------------------------------------------------------- masks from lengths
@@ -192,8 +212,8 @@ def masked_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optiona
     * Fully masked rows are exactly 0 and get gradient 0; masking never makes NaN.
     Accumulation is in fp32 (fp64 for fp64 inputs).
     """
-    return _ops.masked_softmax(*_softmax_args("masked_softmax", x, mask, lengths, q_lengths,
-                                              causal, window, scale, bias))
+    args = _softmax_args("masked_softmax", x, mask, lengths, q_lengths, causal, window, scale, bias)
+    return _call(_ops.masked_softmax, (x, bias), *args)
 
 
 def masked_log_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optional[Tensor] = None,
@@ -209,8 +229,9 @@ def masked_log_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Opt
     Their gradient is 0. (A visible log-probability below ``finfo.min`` is
     clamped to it and then counts as masked.)
     """
-    return _ops.masked_log_softmax(*_softmax_args("masked_log_softmax", x, mask, lengths,
-                                                  q_lengths, causal, window, scale, bias))
+    args = _softmax_args("masked_log_softmax", x, mask, lengths, q_lengths, causal, window, scale,
+                         bias)
+    return _call(_ops.masked_log_softmax, (x, bias), *args)
 
 
 def _softmax_setup_context(ctx, inputs, output):
@@ -258,7 +279,7 @@ def fill_padding(x: Tensor, lengths: Tensor, value=0.0, *, dim: int = 1,
     Gradient: passed through at real steps, 0 at padding."""
     x = _tensor_arg("fill_padding", "x", x, optional=False)
     lengths = _tensor_arg("fill_padding", "lengths", lengths, optional=False)
-    return _ops.fill_padding(x, lengths, value, dim, left_pad)
+    return _call(_ops.fill_padding, (x,), x, lengths, value, dim, left_pad)
 
 
 def fill_padding_(x: Tensor, lengths: Tensor, value=0.0, *, dim: int = 1,
@@ -295,7 +316,7 @@ _POOL_MODES = {"sum": 0, "mean": 1, "max": 2}
 def _pool(name: str, x: Tensor, lengths: Tensor, dim: int, keepdim: bool) -> Tensor:
     x = _tensor_arg(f"masked_{name}", "x", x, optional=False)
     lengths = _tensor_arg(f"masked_{name}", "lengths", lengths, optional=False)
-    values = _ops.masked_pool(x, lengths, dim, _POOL_MODES[name])  # checks dim
+    values = _call(_ops.masked_pool, (x,), x, lengths, dim, _POOL_MODES[name])  # checks dim
     d = dim % x.dim()
     values = values.reshape(x.shape[:d] + x.shape[d + 1:])
     return values.unsqueeze(d) if keepdim else values
@@ -364,7 +385,8 @@ def soft_mask(logits: Tensor, lengths: Optional[Tensor] = None, *, temperature: 
     (straight-through)."""
     logits = _tensor_arg("soft_mask", "logits", logits, optional=False)
     lengths = _tensor_arg("soft_mask", "lengths", lengths)
-    return _ops.gate(None, logits, lengths, _inv_temperature("soft_mask", temperature), bool(hard))
+    inv_t = _inv_temperature("soft_mask", temperature)
+    return _call(_ops.gate, (logits,), None, logits, lengths, inv_t, bool(hard))
 
 
 def sigmoid_gate(x: Tensor, logits: Tensor, lengths: Optional[Tensor] = None, *,
@@ -374,7 +396,8 @@ def sigmoid_gate(x: Tensor, logits: Tensor, lengths: Optional[Tensor] = None, *,
     x = _tensor_arg("sigmoid_gate", "x", x, optional=False)
     logits = _tensor_arg("sigmoid_gate", "logits", logits, optional=False)
     lengths = _tensor_arg("sigmoid_gate", "lengths", lengths)
-    return _ops.gate(x, logits, lengths, _inv_temperature("sigmoid_gate", temperature), bool(hard))
+    inv_t = _inv_temperature("sigmoid_gate", temperature)
+    return _call(_ops.gate, (x, logits), x, logits, lengths, inv_t, bool(hard))
 
 
 def _gate_setup_context(ctx, inputs, output):

@@ -12,13 +12,14 @@
 #include <vector>
 
 #include "maskext/checks.h"
+#include "maskext/cpu_output.h"
 #include "maskext/cpu_vec.h"
 
 namespace maskext {
 namespace {
 
 // Rows are independent; a chunk should hold enough elements to be worth a task.
-int64_t row_grain(int64_t Tk) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(Tk, 1)); }
+int64_t row_grain(int64_t Tk) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(Tk, 1)); }
 
 // dst[0:n] = f(src[0:n]) (f maps vectors), converted to scalar_t; src is
 // used as scratch.
@@ -279,6 +280,7 @@ at::Tensor forward_cpu(const at::Tensor& x, const std::optional<at::Tensor>& mas
   auto p = prepare_softmax_forward(LOG ? "masked_log_softmax" : "masked_softmax", x, mask, bias,
                                    lengths, q_lengths, causal, window_left, window_right, scale);
   if (p.out.numel() == 0) return p.out;
+  advise_huge_pages(p.out);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_softmax",
                                   [&] { softmax_forward_kernel<scalar_t, LOG>(p.args); });
   return p.out;
@@ -293,6 +295,7 @@ at::Tensor backward_cpu(const at::Tensor& grad_out, const at::Tensor& out,
                                     grad_out, out, lengths, q_lengths, causal, window_left,
                                     window_right, scale);
   if (p.out.numel() == 0) return p.out;
+  advise_huge_pages(p.out);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(),
                                   "masked_softmax_backward",
                                   [&] { softmax_backward_kernel<scalar_t, LOG>(p.args); });
