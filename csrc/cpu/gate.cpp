@@ -12,6 +12,7 @@
 #include <type_traits>
 
 #include "maskext/checks.h"
+#include "maskext/cpu_output.h"
 #include "maskext/cpu_vec.h"
 
 namespace maskext {
@@ -61,6 +62,7 @@ at::Tensor gate_cpu(const std::optional<at::Tensor>& x, const at::Tensor& logits
   const PaddedArgs& a = g.logits.args;
   at::Tensor out = at::empty_like(g.logits.x4);
   if (out.numel() == 0) return out;
+  advise_huge_pages(out);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "gate", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     using Vec = at::vec::Vectorized<acc_t>;
@@ -100,6 +102,8 @@ std::tuple<at::Tensor, at::Tensor> gate_backward_cpu(const at::Tensor& grad,
   at::Tensor dlogits = at::empty_like(g.logits.x4);
   at::Tensor dx = g.x.defined() ? at::empty_like(g.x) : at::empty({0}, logits.options());
   if (dlogits.numel() == 0) return {dx, dlogits};
+  advise_huge_pages(dlogits);
+  if (dx.numel() > 0) advise_huge_pages(dx);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "gate_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     using Vec = at::vec::Vectorized<acc_t>;

@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "maskext/checks.h"
+#include "maskext/cpu_output.h"
 
 namespace maskext {
 namespace {
@@ -34,6 +35,7 @@ void write_interval_mask_cpu(const IntervalMaskArgs& a, at::ScalarType dtype) {
 at::Tensor lengths_to_mask_cpu(const at::Tensor& lengths, std::optional<int64_t> max_len,
                                bool left_pad, bool padding, at::ScalarType dtype) {
   auto p = prepare_lengths_to_mask(lengths, max_len, left_pad, padding, dtype);
+  advise_huge_pages(p.out);
   write_interval_mask_cpu(p.args, dtype);
   return p.out;
 }
@@ -43,6 +45,7 @@ at::Tensor attention_mask_cpu(const at::Tensor& lengths, const std::optional<at:
                               int64_t window_right, at::ScalarType dtype) {
   auto p = prepare_attention_mask(lengths, q_lengths, q_len, k_len, causal, window_left,
                                   window_right, dtype);
+  advise_huge_pages(p.out);
   write_interval_mask_cpu(p.args, dtype);
   return p.out;
 }

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "maskext/checks.h"
+#include "maskext/cpu_output.h"
 #include "maskext/cpu_vec.h"
 
 namespace maskext {
@@ -44,6 +45,7 @@ at::Tensor fill_padding_cpu(const at::Tensor& x, const at::Tensor& lengths, cons
                             int64_t dim, bool left_pad) {
   auto p = prepare_padded("fill_padding", x, lengths, dim, left_pad);
   at::Tensor out = at::empty_like(p.x4);
+  advise_huge_pages(out);
   p.args.out = out.data_ptr();
   fill_padding_kernel(p.args, value, x.scalar_type(), false);
   return out;

@@ -114,6 +114,35 @@ inline RowIndex split_row(const SoftmaxArgs& a, int64_t r) {
   return {t / a.H, t % a.H, r % a.Tq};
 }
 
+// Calls body(r, ix, lo, hi) for the rows [r0, r1) in order, each with its
+// visible interval [lo, hi), after prefetch(ix, lo, hi) of the row that comes
+// next (only when it has visible keys). The row index advances without divides.
+template <typename P, typename F>
+void for_each_row(const SoftmaxArgs& a, int64_t r0, int64_t r1, P&& prefetch, F&& body) {
+  RowIndex ix = split_row(a, r0);
+  int64_t lo, hi;
+  row_bounds(a.spec, ix.b, ix.i, lo, hi);
+  for (int64_t r = r0; r < r1; ++r) {
+    RowIndex nx = ix;
+    int64_t nlo = 0, nhi = 0;
+    if (r + 1 < r1) {
+      if (++nx.i == a.Tq) {
+        nx.i = 0;
+        if (++nx.h == a.H) {
+          nx.h = 0;
+          ++nx.b;
+        }
+      }
+      row_bounds(a.spec, nx.b, nx.i, nlo, nhi);
+      if (nhi > nlo) prefetch(nx, nlo, nhi);
+    }
+    body(r, ix, lo, hi);
+    ix = nx;
+    lo = nlo;
+    hi = nhi;
+  }
+}
+
 // LOG: log-softmax. Its masked positions (and fully masked rows) are
 // finfo(dtype).min, so exp() of them is exactly 0, as in the softmax.
 template <typename scalar_t, bool LOG>
@@ -133,18 +162,21 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
   at::parallel_for(0, a.rows(), row_grain(Tk), [&](int64_t r0, int64_t r1) {
     const size_t conv = std::is_same_v<scalar_t, acc_t> ? 0 : Tk;
     std::vector<acc_t> zbuf(Tk), cbuf(conv), bbuf(bias != nullptr ? conv : 0);
-    for (int64_t r = r0; r < r1; ++r) {
-      const RowIndex ix = split_row(a, r);
-      int64_t lo, hi;
-      row_bounds(a.spec, ix.b, ix.i, lo, hi);
+    auto x_row = [&](const RowIndex& ix) { return x + ix.b * a.xs[0] + ix.h * a.xs[1] + ix.i * a.xs[2]; };
+    auto prefetch = [&](const RowIndex& ix, int64_t lo, int64_t hi) { prefetch_row(x_row(ix) + lo, hi - lo); };
+    for_each_row(a, r0, r1, prefetch, [&](int64_t r, const RowIndex& ix, int64_t lo, int64_t hi) {
+      // The output row is written in address order (head, body, tail): the
+      // hardware prefetchers follow the stores of a fresh output as a stream.
       scalar_t* o = out + r * Tk;
       std::fill(o, o + lo, masked);
-      std::fill(o + hi, o + Tk, masked);
       const int64_t n = hi - lo;
-      if (n == 0) continue;
+      if (n == 0) {
+        std::fill(o + hi, o + Tk, masked);
+        return;
+      }
 
       acc_t* z = zbuf.data();
-      const scalar_t* xr = x + ix.b * a.xs[0] + ix.h * a.xs[1] + ix.i * a.xs[2] + lo;
+      const scalar_t* xr = x_row(ix) + lo;
       acc_t mx = scale_max(to_acc(xr, cbuf.data(), n), z, n, scale);
       if (bias != nullptr) {
         const int64_t bo = ix.b * a.bs[0] + ix.h * a.bs[1] + ix.i * a.bs[2];
@@ -167,8 +199,8 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
       }
       if (bias != nullptr || a.mask != nullptr) mx = scale_max(z, z, n, acc_t(1));
       if (mx == neg_inf) {  // every visible key masked by mask/bias
-        std::fill(o + lo, o + hi, masked);
-        continue;
+        std::fill(o + lo, o + Tk, masked);
+        return;
       }
       if constexpr (LOG) {
         const acc_t sum = at::vec::map_reduce_all<acc_t>(
@@ -181,7 +213,8 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
         const acc_t inv = acc_t(1) / exp_sum_inplace(z, n, mx);
         store_mapped(z, o + lo, n, [inv](Vec v) { return v * Vec(inv); });
       }
-    }
+      std::fill(o + hi, o + Tk, masked);
+    });
   });
 }
 
@@ -242,17 +275,22 @@ void softmax_backward_kernel(const SoftmaxArgs& a) {
   const int64_t Tk = a.Tk;
 
   at::parallel_for(0, a.rows(), row_grain(Tk), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const RowIndex ix = split_row(a, r);
-      int64_t lo, hi;
-      row_bounds(a.spec, ix.b, ix.i, lo, hi);
-      scalar_t* o = dx + r * Tk;
+    auto dy_row = [&](const RowIndex& ix) { return dy + ix.b * a.xs[0] + ix.h * a.xs[1] + ix.i * a.xs[2]; };
+    auto prefetch = [&](const RowIndex& ix, int64_t lo, int64_t hi) {
+      const int64_t r = (ix.b * a.H + ix.h) * a.Tq + ix.i;
+      prefetch_row(y + r * Tk + lo, hi - lo);
+      prefetch_row(dy_row(ix) + lo, hi - lo);
+    };
+    for_each_row(a, r0, r1, prefetch, [&](int64_t r, const RowIndex& ix, int64_t lo, int64_t hi) {
+      scalar_t* o = dx + r * Tk;  // written in address order, as in the forward
       std::fill(o, o + lo, scalar_t(0));
-      std::fill(o + hi, o + Tk, scalar_t(0));
       const int64_t n = hi - lo;
-      if (n == 0) continue;
+      if (n == 0) {
+        std::fill(o + hi, o + Tk, scalar_t(0));
+        return;
+      }
       const scalar_t* yr = y + r * Tk + lo;
-      const scalar_t* gr = dy + ix.b * a.xs[0] + ix.h * a.xs[1] + ix.i * a.xs[2] + lo;
+      const scalar_t* gr = dy_row(ix) + lo;
       if constexpr (at::is_reduced_floating_point_v<scalar_t>) {
         backward_row_reduced<scalar_t, LOG>(yr, gr, o + lo, n, scale);
       } else {  // fp32 / fp64: acc_t is scalar_t, no conversion
@@ -267,7 +305,8 @@ void softmax_backward_kernel(const SoftmaxArgs& a) {
         };
         at::vec::map2(grad, o + lo, yr, gr, n);
       }
-    }
+      std::fill(o + hi, o + Tk, scalar_t(0));
+    });
   });
 }
 

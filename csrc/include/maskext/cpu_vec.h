@@ -3,6 +3,7 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 #include <utility>
@@ -30,6 +31,28 @@ const acc_t* to_acc(const scalar_t* src, acc_t* buf, int64_t n) {
   } else {
     at::vec::convert(src, buf, n);
     return buf;
+  }
+}
+
+// Prefetches the first bytes of a row that will be read next. Rows are read
+// only on their visible interval, so consecutive reads jump over the masked
+// keys and the hardware prefetchers lose the stream at every jump: rows of
+// 256 of 512 keys ran no faster than full rows. Prefetching the next row's
+// first 4 KiB: forward 24 -> 18 ms at 8x8x512x512 fp32 with 256 keys (one
+// thread, huge pages); 1 KiB and 256 B helped less.
+template <typename T>
+inline void prefetch_row(const T* p, int64_t n) {
+  constexpr int64_t kLine = 64, kMaxBytes = 4096;
+  const char* c = reinterpret_cast<const char*>(p);
+  const int64_t bytes = std::min<int64_t>(n * static_cast<int64_t>(sizeof(T)), kMaxBytes);
+  for (int64_t off = 0; off < bytes; off += kLine) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    // gcc 12 drops __builtin_prefetch in these kernels (checked in the
+    // object code); an asm statement it must keep.
+    asm volatile("prefetcht0 %0" : : "m"(*(c + off)));
+#else
+    __builtin_prefetch(c + off, 0, 3);
+#endif
   }
 }
 
