@@ -489,8 +489,8 @@ def _gate_double_backward(ctx, u, t):
     dgrad = dx = dlogits = None
     if ctx.needs_input_grad[0]:
         dgrad = _ops.gate_backward(t, x, logits, lengths, inv_t, hard)[1]
-        if has_x:
-            dgrad = dgrad + _ops.gate(u, logits, lengths, inv_t, hard)
+        if has_x:  # hard: the step m has derivative 0, so its logits are a constant here
+            dgrad = dgrad + _ops.gate(u, logits.detach() if hard else logits, lengths, inv_t, hard)
     if has_x and ctx.needs_input_grad[1]:
         dx = _ops.gate_backward(t * grad, None, logits, lengths, inv_t, hard)[1]
     if ctx.needs_input_grad[2]:
