@@ -70,6 +70,8 @@ def _window_args(op: str, window: Optional[Sequence[Optional[int]]]) -> Tuple[in
 def _int_arg(op: str, name: str, value, optional: bool = False) -> Optional[int]:
     if value is None and optional:
         return None
+    if isinstance(value, torch.SymInt):  # a size under torch.compile: kept symbolic
+        return value
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"maskext.{op}: {name} must be an int >= 0, got {value!r}")
     return int(value)
