@@ -149,6 +149,8 @@ def masked_mean(x: Tensor, lengths: Tensor, *, dim: int = 1, keepdim: bool = Fal
 
 
 def masked_max(x: Tensor, lengths: Tensor, *, dim: int = 1, keepdim: bool = False) -> Tensor:
+    if x.shape[dim] == 0:  # amax refuses an empty dim; no steps means empty sequences: 0
+        return x.sum(dim, keepdim=keepdim) * 0
     keep = _steps_mask(x, lengths, dim)
     out = x.masked_fill(~keep, float("-inf")).amax(dim, keepdim=keepdim)
     empty = ~keep.any(dim, keepdim=keepdim)
