@@ -365,6 +365,25 @@ def _fill_padding_backward(ctx, grad):
 torch.library.register_autograd("maskext::fill_padding", _fill_padding_backward,
                                 setup_context=_fill_padding_setup_context)
 
+
+def _fill_padding_inplace_autograd(x, lengths, value, dim, left_pad):
+    """Autograd kernel of the in-place op (register_autograd refuses mutating
+    ops): without one, torch.ops.maskext.fill_padding_ on a tensor that needs a
+    gradient passed the gradient of the padding through, silently. Under
+    autograd it is an out-of-place fill and a copy, as fill_padding_() does."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        x.copy_(_ops.fill_padding(x, lengths, value, dim, left_pad))
+        return
+    with torch._C._AutoDispatchBelowAutograd():
+        _ops.fill_padding_(x, lengths, value, dim, left_pad)
+    # As every in-place op: a tensor saved for a backward and then filled here
+    # makes that backward raise instead of using the changed values.
+    torch.autograd.graph.increment_version(x)
+
+
+_lib = torch.library.Library("maskext", "IMPL")  # noqa: TOR901 (kept alive by the module)
+_lib.impl("fill_padding_", _fill_padding_inplace_autograd, "Autograd")
+
 _POOL_MODES = {"sum": 0, "mean": 1, "max": 2}
 
 
