@@ -162,9 +162,26 @@ setup(
     name="maskext",
     version="0.1.0",
     description="Fused masks and masked softmax for sequence models, from lengths (PyTorch C++/CUDA extension)",
+    long_description=open(os.path.join(ROOT, "README.md"), encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    author="maskext developers",
+    license="BSD-3-Clause",  # SPDX expression (PEP 639); the text is in LICENSE
+    license_files=["LICENSE"],
+    classifiers=[
+        "Development Status :: 3 - Alpha",
+        "Intended Audience :: Developers",
+        "Intended Audience :: Science/Research",
+        "Operating System :: POSIX :: Linux",
+        "Programming Language :: C++",
+        "Programming Language :: Python :: 3",
+        "Environment :: GPU :: NVIDIA CUDA",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
     packages=["maskext"],
     python_requires=">=3.10",
-    install_requires=["torch>=2.6"],
+    # numpy: torch does not require it, but without it `import torch` warns
+    # "Failed to initialize NumPy" at every import (torch/_subclasses/functional_tensor.py).
+    install_requires=["torch>=2.6", "numpy"],
     ext_modules=extensions(),
     cmdclass={"build_ext": build_ext_class()},
     zip_safe=False,

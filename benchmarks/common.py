@@ -155,7 +155,7 @@ def write_results(name: str, cases: List[Case], providers: List[str], floor: str
 def markdown_table(cases: List[Case], providers: List[str], floor: str, env: Dict[str, str]) -> str:
     others = [p for p in providers if p not in ("maskext", floor)]
     head = (f"Device: {env['device']}; torch {env['torch']}; commit {env['commit']}; {env['date']}.\n"
-            f"Median ms (and x the `{floor}` floor, measured in the same run); "
+            f"Median ms (in parentheses: the multiple of the `{floor}` time, measured in the same run); "
             f"last columns: how many times faster maskext is.\n\n")
     cols = ["op", "shape", "dtype", "case"] + providers + [f"maskext vs {p}" for p in others]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

@@ -40,8 +40,18 @@ else
   result "FAILED (see build.log)"; exit 1
 fi
 
+# First, on their own so that the summary names them: the CUDA kernels past
+# element 2^31 (64-bit indexing), CUDA graph capture of forward and backward,
+# the NaN rule and the device checks on CUDA (tests/test_robustness.py).
+step "robustness on CUDA: >2^31 elements, CUDA graphs, NaN, devices"
+if run_step 120 python -m pytest -q tests/test_robustness.py -k cuda > "$OUT/tests_robustness.log" 2>&1; then
+  result "$(tail -1 "$OUT/tests_robustness.log")"
+else
+  result "FAILED: $(tail -1 "$OUT/tests_robustness.log")"; status=1
+fi
+
 step "tests (CPU and CUDA)"
-if MASKEXT_EXPECT_CUDA=1 run_step 150 python -m pytest -q tests > "$OUT/tests.log" 2>&1; then
+if MASKEXT_EXPECT_CUDA=1 run_step 240 python -m pytest -q tests > "$OUT/tests.log" 2>&1; then
   result "$(tail -1 "$OUT/tests.log")"
 else
   result "FAILED: $(tail -1 "$OUT/tests.log")"; status=1
@@ -54,7 +64,7 @@ done
 if [ -n "$SAN" ]; then
   for tool in memcheck racecheck; do
     step "compute-sanitizer $tool"
-    if run_step 90 "$SAN" --tool "$tool" --error-exitcode 1 python benchmarks/sanitize_cases.py \
+    if run_step 120 "$SAN" --tool "$tool" --error-exitcode 1 python benchmarks/sanitize_cases.py \
         > "$OUT/sanitizer_$tool.log" 2>&1; then
       result "clean"
     else

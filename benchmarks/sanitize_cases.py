@@ -1,16 +1,25 @@
 """Exercises every CUDA kernel path once on small inputs, for compute-sanitizer
 (memcheck, racecheck): warp-per-row and block-per-row softmax, fast and general
-(mask/bias) paths, odd alignments, forward and backward, and the mask kernels.
+(mask/bias) paths, odd alignments, forward and backward (and double backward),
+NaN and +inf rows, huge window sides, the mask, padding and gate kernels.
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python benchmarks/sanitize_cases.py
+
+`--device cpu` runs the same calls on the CPU (a quick check of this script
+where there is no GPU).
 """
+import argparse
+import sys
+
 import torch
 
 import maskext
 
 
 def main():
-    dev = "cuda"
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda")
+    dev = ap.parse_args().device
     for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         for Tk in (1, 7, 97, 1025, 4099):
             x = torch.randn(3, 2, 5, Tk + 3, device=dev, dtype=dtype)[..., 3:]  # misaligned rows
@@ -18,11 +27,23 @@ def main():
             QL = torch.tensor([5, 2, 0], device=dev, dtype=torch.int32)
             mask = torch.rand(3, 1, 5, Tk, device=dev) > 0.3
             bias = torch.randn(1, 2, 1, Tk, device=dev, dtype=dtype)
+            xn = x.clone()
+            xn[1, 0, 0, 0] = float("nan")  # a NaN row, an all-NaN row, a +inf row
+            xn[1, 1, 1] = float("nan")
+            xn[1, 0, 2, -1] = float("inf")
             for kw in (dict(lengths=L), dict(lengths=L, causal=True, q_lengths=QL, window=(4, 1)),
-                       dict(mask=mask, bias=bias, lengths=L, scale=0.5), {}):
-                xr = x.detach().clone().requires_grad_()
-                y = maskext.masked_softmax(xr, **kw)
-                y.backward(torch.randn_like(y))
+                       dict(mask=mask, bias=bias, lengths=L, scale=0.5), {},
+                       dict(window=(None, sys.maxsize), lengths=L)):
+                for fn in (maskext.masked_softmax, maskext.masked_log_softmax):
+                    xr = x.detach().clone().requires_grad_()
+                    y = fn(xr, **kw)
+                    y.backward(torch.randn_like(y))
+                    fn(xn, **kw)
+            # double backward: the backward op on its own grad
+            xr = x.detach().clone().requires_grad_()
+            (g,) = torch.autograd.grad(maskext.masked_softmax(xr, lengths=L).square().sum(), xr,
+                                       create_graph=True)
+            g.sum().backward()
     L = torch.tensor([2**40, 0, 5, 17], device=dev)
     for dtype in (torch.bool, torch.float16, torch.float32, torch.float64):
         maskext.attention_mask(L, q_len=13, k_len=17, q_lengths=L, causal=True, window=(3, None),
@@ -31,7 +52,17 @@ def main():
         m = maskext.lengths_to_mask(L, T, left_pad=True)
         maskext.mask_to_lengths(m)
         maskext.lengths_from_padded(torch.randn(4, T, 3, device=dev), 0.0)
-    torch.cuda.synchronize()
+        z = torch.randn(4, T, 5, device=dev, requires_grad=True)
+        for name in ("sum", "mean", "max"):
+            getattr(maskext, f"masked_{name}")(z, L).sum().backward()
+        maskext.fill_padding(z, L, 1.0, left_pad=True).sum().backward()
+        maskext.fill_padding_(z.detach().clone(), L, 2.0)
+        for hard in (False, True):
+            (gz,) = torch.autograd.grad(maskext.sigmoid_gate(z, z * 2, L, hard=hard).sum(), z,
+                                        create_graph=True)
+            gz.sum().backward()
+    if dev == "cuda":
+        torch.cuda.synchronize()
     print("sanitize_cases: ok")
 
 

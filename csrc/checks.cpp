@@ -2,7 +2,9 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <algorithm>
 #include <limits>
+#include <string>
 
 namespace maskext {
 namespace {
@@ -23,15 +25,21 @@ bool broadcasts_to(at::IntArrayRef from, at::IntArrayRef to) {
 
 }  // namespace
 
+void check_device(const char* op, const char* name, const at::Tensor& t, const char* ref_name,
+                  const at::Tensor& ref) {
+  TORCH_CHECK(t.device() == ref.device(), "maskext::", op, ": ", name,
+              " must be on the same device as ", ref_name, " (", ref.device(), "), got ",
+              t.device());
+}
+
 void check_lengths(const char* op, const char* name, const at::Tensor& lengths,
-                   int64_t B, const char* B_desc, const at::Device& device) {
+                   int64_t B, const char* B_desc, const char* data_name, const at::Tensor& data) {
   TORCH_CHECK(lengths.scalar_type() == at::kInt || lengths.scalar_type() == at::kLong,
               "maskext::", op, ": ", name, " must be an integer tensor (int32 or int64), got ",
               lengths.scalar_type());
   TORCH_CHECK(lengths.dim() == 1 && lengths.size(0) == B, "maskext::", op, ": ", name,
               " must have shape [B] with B = ", B_desc, " = ", B, ", got ", lengths.sizes());
-  TORCH_CHECK(lengths.device() == device, "maskext::", op, ": ", name,
-              " must be on the data's device ", device, ", got ", lengths.device());
+  check_device(op, name, lengths, data_name, data);
   if (lengths.device().is_cpu()) {  // a plain loop: cheaper than a reduction op
     const at::Tensor c = lengths.contiguous();
     for (int64_t b = 0; b < B; ++b) {
@@ -64,8 +72,13 @@ RowSpec make_row_spec(const std::optional<at::Tensor>& lengths,
   }
   s.left_pad = left_pad;
   s.causal = causal;
-  s.window_left = window_left;
-  s.window_right = window_right;
+  // A window side of q_len + k_len or more already reaches past the row (the
+  // query's key position p is in [k_len - q_len, k_len)); clamping keeps
+  // p - left and p + right + 1 in row_bounds() far from int64 overflow, which
+  // window=(None, sys.maxsize) would otherwise cause (undefined behaviour).
+  const int64_t side_max = q_len + k_len;
+  s.window_left = window_left < 0 ? -1 : std::min(window_left, side_max);
+  s.window_right = window_right < 0 ? -1 : std::min(window_right, side_max);
   s.q_len = q_len;
   s.k_len = k_len;
   return s;
@@ -96,8 +109,8 @@ void fill_layout(const char* op, const at::Tensor& data, const std::optional<at:
               data_name, " of shape ", data.sizes());
   check_window(op, window_left, window_right);
   const int64_t B = data.size(0);
-  if (lengths) check_lengths(op, "lengths", *lengths, B, "x.size(0)", data.device());
-  if (q_lengths) check_lengths(op, "q_lengths", *q_lengths, B, "x.size(0)", data.device());
+  if (lengths) check_lengths(op, "lengths", *lengths, B, "x.size(0)", data_name, data);
+  if (q_lengths) check_lengths(op, "q_lengths", *q_lengths, B, "x.size(0)", data_name, data);
 
   p.x4 = as_4d(data.stride(-1) == 1 ? data : data.contiguous());
   SoftmaxArgs& a = p.args;
@@ -130,8 +143,7 @@ SoftmaxProblem prepare_softmax_forward(
                 ": mask must be a bool tensor (True = keep), got ", mask->scalar_type());
     TORCH_CHECK(broadcasts_to(mask->sizes(), x.sizes()), "maskext::", op, ": mask of shape ",
                 mask->sizes(), " does not broadcast to x of shape ", x.sizes());
-    TORCH_CHECK(mask->device() == x.device(), "maskext::", op, ": mask must be on x's device ",
-                x.device(), ", got ", mask->device());
+    check_device(op, "mask", *mask, "x", x);
     p.mask4 = as_4d(mask->expand(x.sizes()));
     a.mask = p.mask4.data_ptr<bool>();
     for (int d = 0; d < 4; ++d) a.ms[d] = p.mask4.stride(d);
@@ -141,8 +153,7 @@ SoftmaxProblem prepare_softmax_forward(
                 ": bias must have x's dtype ", x.scalar_type(), ", got ", bias->scalar_type());
     TORCH_CHECK(broadcasts_to(bias->sizes(), x.sizes()), "maskext::", op, ": bias of shape ",
                 bias->sizes(), " does not broadcast to x of shape ", x.sizes());
-    TORCH_CHECK(bias->device() == x.device(), "maskext::", op, ": bias must be on x's device ",
-                x.device(), ", got ", bias->device());
+    check_device(op, "bias", *bias, "x", x);
     p.bias4 = as_4d(bias->expand(x.sizes()));
     a.bias = p.bias4.data_ptr();
     for (int d = 0; d < 4; ++d) a.bs[d] = p.bias4.stride(d);
@@ -154,11 +165,10 @@ SoftmaxProblem prepare_softmax_backward(
     const char* op, const at::Tensor& grad_out, const at::Tensor& out,
     const std::optional<at::Tensor>& lengths, const std::optional<at::Tensor>& q_lengths,
     bool causal, int64_t window_left, int64_t window_right, double scale) {
-  TORCH_CHECK(grad_out.sizes() == out.sizes() && grad_out.scalar_type() == out.scalar_type() &&
-                  grad_out.device() == out.device(),
+  check_device(op, "grad_out", grad_out, "out", out);
+  TORCH_CHECK(grad_out.sizes() == out.sizes() && grad_out.scalar_type() == out.scalar_type(),
               "maskext::", op, ": grad_out must match out (", out.sizes(), ", ",
-              out.scalar_type(), ", ", out.device(), "), got (", grad_out.sizes(), ", ",
-              grad_out.scalar_type(), ", ", grad_out.device(), ")");
+              out.scalar_type(), "), got (", grad_out.sizes(), ", ", grad_out.scalar_type(), ")");
   SoftmaxProblem p;
   fill_layout(op, grad_out, lengths, q_lengths, causal, window_left, window_right, "grad_out", p);
   p.y4 = out.contiguous();
@@ -173,7 +183,7 @@ IntervalMaskProblem prepare_lengths_to_mask(const at::Tensor& lengths,
   const char* op = padding ? "lengths_to_padding_mask" : "lengths_to_mask";
   TORCH_CHECK(lengths.dim() == 1, "maskext::", op, ": lengths must be 1-D, got shape ",
               lengths.sizes());
-  check_lengths(op, "lengths", lengths, lengths.size(0), "lengths.size(0)", lengths.device());
+  check_lengths(op, "lengths", lengths, lengths.size(0), "lengths.size(0)", "lengths", lengths);
   int64_t T = 0;
   if (max_len) {
     T = *max_len;
@@ -207,8 +217,8 @@ IntervalMaskProblem prepare_attention_mask(const at::Tensor& lengths,
   TORCH_CHECK(lengths.dim() == 1, "maskext::", op, ": lengths must be 1-D, got shape ",
               lengths.sizes());
   const int64_t B = lengths.size(0);
-  check_lengths(op, "lengths", lengths, B, "lengths.size(0)", lengths.device());
-  if (q_lengths) check_lengths(op, "q_lengths", *q_lengths, B, "lengths.size(0)", lengths.device());
+  check_lengths(op, "lengths", lengths, B, "lengths.size(0)", "lengths", lengths);
+  if (q_lengths) check_lengths(op, "q_lengths", *q_lengths, B, "lengths.size(0)", "lengths", lengths);
   TORCH_CHECK(q_len >= 0 && k_len >= 0, "maskext::", op, ": q_len and k_len must be >= 0, got ",
               q_len, " and ", k_len);
   check_window(op, window_left, window_right);
@@ -234,13 +244,14 @@ IntervalMaskProblem prepare_attention_mask(const at::Tensor& lengths,
 }
 
 PaddedProblem prepare_padded(const char* op, const at::Tensor& x, const at::Tensor& lengths,
-                             int64_t dim, bool left_pad) {
-  TORCH_CHECK(x.dim() >= 2, "maskext::", op,
-              ": x must have a batch dim and a time dim, got shape ", x.sizes());
+                             int64_t dim, bool left_pad, const char* x_name) {
+  TORCH_CHECK(x.dim() >= 2, "maskext::", op, ": ", x_name,
+              " must have a batch dim and a time dim, got shape ", x.sizes());
   const int64_t d = dim < 0 ? dim + x.dim() : dim;
   TORCH_CHECK(d >= 1 && d < x.dim(), "maskext::", op, ": dim must be in [1, ", x.dim(),
               ") (dim 0 is the batch), got ", dim);
-  check_lengths(op, "lengths", lengths, x.size(0), "x.size(0)", x.device());
+  const std::string B_desc = std::string(x_name) + ".size(0)";
+  check_lengths(op, "lengths", lengths, x.size(0), B_desc.c_str(), x_name, x);
   PaddedProblem p;
   p.x4 = x.contiguous();
   PaddedArgs& a = p.args;
@@ -273,13 +284,13 @@ GateProblem prepare_gate(const char* op, const std::optional<at::Tensor>& x,
   TORCH_CHECK(logits.dim() >= 2, "maskext::", op, ": logits must be (B, T, ...), got shape ",
               logits.sizes());
   if (x) {
-    TORCH_CHECK(x->sizes() == logits.sizes() && x->scalar_type() == logits.scalar_type() &&
-                    x->device() == logits.device(),
+    check_device(op, "x", *x, "logits", logits);
+    TORCH_CHECK(x->sizes() == logits.sizes() && x->scalar_type() == logits.scalar_type(),
                 "maskext::", op, ": x must match logits (", logits.sizes(), ", ",
-                logits.scalar_type(), ", ", logits.device(), "), got (", x->sizes(), ", ",
-                x->scalar_type(), ", ", x->device(), ")");
+                logits.scalar_type(), "), got (", x->sizes(), ", ", x->scalar_type(), ")");
   }
   if (grad != nullptr) {
+    check_device(op, "grad", *grad, "logits", logits);
     TORCH_CHECK(grad->sizes() == logits.sizes() && grad->scalar_type() == logits.scalar_type(),
                 "maskext::", op, ": grad must match logits (", logits.sizes(), ", ",
                 logits.scalar_type(), "), got (", grad->sizes(), ", ", grad->scalar_type(), ")");
@@ -288,7 +299,7 @@ GateProblem prepare_gate(const char* op, const std::optional<at::Tensor>& x,
   // Without lengths every step is real: a [B] tensor of T would cost an op, so
   // use a spec without lengths instead.
   if (lengths) {
-    g.logits = prepare_padded(op, logits, *lengths, 1, false);
+    g.logits = prepare_padded(op, logits, *lengths, 1, false, "logits");
   } else {
     g.logits.x4 = logits.contiguous();
     PaddedArgs& a = g.logits.args;

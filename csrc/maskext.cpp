@@ -4,11 +4,13 @@
 #include <torch/extension.h>
 
 TORCH_LIBRARY(maskext, m) {
-  // Masks from lengths (csrc/*/masks.*).
-  m.def("lengths_to_mask(Tensor lengths, int? max_len, bool left_pad, bool padding, "
+  // Masks from lengths (csrc/*/masks.*). The output sizes are SymInt, so that
+  // torch.compile(dynamic=True) keeps max_len = x.size(1) symbolic instead of
+  // recompiling for every length (the kernels take them as int64_t).
+  m.def("lengths_to_mask(Tensor lengths, SymInt? max_len, bool left_pad, bool padding, "
         "ScalarType dtype) -> Tensor");
-  m.def("attention_mask(Tensor lengths, Tensor? q_lengths, int q_len, int k_len, bool causal, "
-        "int window_left, int window_right, ScalarType dtype) -> Tensor");
+  m.def("attention_mask(Tensor lengths, Tensor? q_lengths, SymInt q_len, SymInt k_len, "
+        "bool causal, int window_left, int window_right, ScalarType dtype) -> Tensor");
   m.def("mask_to_lengths(Tensor mask) -> Tensor");
   m.def("lengths_from_padded(Tensor x, Scalar pad_value, int dim) -> Tensor");
   // Masked softmax (csrc/*/softmax.*). window_* = -1 means unbounded.

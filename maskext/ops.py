@@ -83,6 +83,8 @@ def _window_args(op: str, window: Optional[Sequence[Optional[int]]]) -> Tuple[in
 def _int_arg(op: str, name: str, value, optional: bool = False) -> Optional[int]:
     if value is None and optional:
         return None
+    if isinstance(value, torch.SymInt):  # a size under torch.compile: kept symbolic
+        return value
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"maskext.{op}: {name} must be an int >= 0, got {value!r}")
     return int(value)
@@ -269,6 +271,90 @@ torch.library.register_autograd("maskext::masked_log_softmax",
                                 setup_context=_softmax_setup_context)
 
 
+# Double backward: autograd of the backward ops, so that Hessian-vector
+# products, gradient penalties and meta-gradients are right (without it the
+# second-order terms were silently 0). The gradient with respect to the
+# backward's grad_out is the backward op itself (fused); the gradient with
+# respect to the saved output needs two row sums, done with plain torch ops in
+# fp32 (fp64 for fp64). Both are restricted to the visible interval, as the
+# kernels are: they never read grad_out or out outside it.
+
+def _visible_like(y: Tensor, lengths, q_lengths, causal: bool, wl: int, wr: int) -> Optional[Tensor]:
+    """bool, broadcastable to y (B, Tk) or (B, ..., Tq, Tk): the keys the
+    kernels' row bounds leave visible; None when every key is."""
+    if lengths is None and q_lengths is None and not causal and wl < 0 and wr < 0:
+        return None
+    B, Tk = y.shape[0], y.shape[-1]
+    Tq = y.shape[-2] if y.dim() > 2 else 1
+    if lengths is None:
+        lengths = torch.full((B,), Tk, dtype=torch.int64, device=y.device)
+    vis = _ops.attention_mask(lengths, q_lengths, Tq, Tk, causal, wl, wr, torch.bool)
+    if y.dim() == 2:
+        return vis.view(B, Tk)
+    return vis.view((B,) + (1,) * (y.dim() - 3) + (Tq, Tk))
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _softmax_bwd_setup_context(ctx, inputs, output):
+    grad_out, out, lengths, q_lengths, causal, wl, wr, scale = inputs
+    ctx.save_for_backward(grad_out, out, lengths, q_lengths)
+    ctx.spec = (causal, wl, wr, scale)
+
+
+def _softmax_double_backward(ctx, v):
+    """dx = s * y * (g - D), D = sum_vis(y * g), on the visible interval:
+    d/dg = s * y * (v - sum_vis(y * v))  (the backward op applied to v),
+    d/dy = s * (v * (g - D) - g * E),  E = sum_vis(y * v)."""
+    g, y, lengths, q_lengths = ctx.saved_tensors
+    causal, wl, wr, scale = ctx.spec
+    dg = dy = None
+    if ctx.needs_input_grad[0]:
+        dg = _ops.masked_softmax_backward(v, y, lengths, q_lengths, causal, wl, wr, scale)
+    if ctx.needs_input_grad[1]:
+        vis = _visible_like(y, lengths, q_lengths, causal, wl, wr)
+        acc = _acc_dtype(y.dtype)
+        ya, ga, va = y.to(acc), g.to(acc), v.to(acc)
+        if vis is not None:
+            ya, ga, va = (torch.where(vis, t, 0) for t in (ya, ga, va))
+        D = (ya * ga).sum(-1, keepdim=True)
+        E = (ya * va).sum(-1, keepdim=True)
+        dy = (scale * (va * (ga - D) - ga * E)).to(y.dtype)
+    return dg, dy, None, None, None, None, None, None
+
+
+def _log_softmax_double_backward(ctx, v):
+    """dx = s * (g - exp(y) * G), G = sum_A(g), on A = visible and y != finfo.min:
+    d/dg = s * (v - sum_A(v * exp(y))) on A,   d/dy = -s * v * exp(y) * G on A."""
+    g, y, lengths, q_lengths = ctx.saved_tensors
+    causal, wl, wr, scale = ctx.spec
+    vis = _visible_like(y, lengths, q_lengths, causal, wl, wr)
+    active = y != torch.finfo(y.dtype).min
+    if vis is not None:
+        active = active & vis
+    acc = _acc_dtype(y.dtype)
+    zero = torch.zeros((), dtype=acc, device=y.device)
+    p = torch.where(active, y.to(acc).exp(), zero)
+    va = torch.where(active, v.to(acc), zero)
+    dg = dy = None
+    if ctx.needs_input_grad[0]:
+        F = (va * p).sum(-1, keepdim=True)
+        dg = torch.where(active, scale * (va - F), zero).to(y.dtype)
+    if ctx.needs_input_grad[1]:
+        G = torch.where(active, g.to(acc), zero).sum(-1, keepdim=True)
+        dy = (-scale * va * p * G).to(y.dtype)
+    return dg, dy, None, None, None, None, None, None
+
+
+torch.library.register_autograd("maskext::masked_softmax_backward", _softmax_double_backward,
+                                setup_context=_softmax_bwd_setup_context)
+torch.library.register_autograd("maskext::masked_log_softmax_backward",
+                                _log_softmax_double_backward,
+                                setup_context=_softmax_bwd_setup_context)
+
+
 # ---------------------------------------------------------------- padded data
 
 def fill_padding(x: Tensor, lengths: Tensor, value=0.0, *, dim: int = 1,
@@ -309,6 +395,25 @@ def _fill_padding_backward(ctx, grad):
 
 torch.library.register_autograd("maskext::fill_padding", _fill_padding_backward,
                                 setup_context=_fill_padding_setup_context)
+
+
+def _fill_padding_inplace_autograd(x, lengths, value, dim, left_pad):
+    """Autograd kernel of the in-place op (register_autograd refuses mutating
+    ops): without one, torch.ops.maskext.fill_padding_ on a tensor that needs a
+    gradient passed the gradient of the padding through, silently. Under
+    autograd it is an out-of-place fill and a copy, as fill_padding_() does."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        x.copy_(_ops.fill_padding(x, lengths, value, dim, left_pad))
+        return
+    with torch._C._AutoDispatchBelowAutograd():
+        _ops.fill_padding_(x, lengths, value, dim, left_pad)
+    # As every in-place op: a tensor saved for a backward and then filled here
+    # makes that backward raise instead of using the changed values.
+    torch.autograd.graph.increment_version(x)
+
+
+_lib = torch.library.Library("maskext", "IMPL")  # noqa: TOR901 (kept alive by the module)
+_lib.impl("fill_padding_", _fill_padding_inplace_autograd, "Autograd")
 
 _POOL_MODES = {"sum": 0, "mean": 1, "max": 2}
 
@@ -416,7 +521,63 @@ def _gate_backward(ctx, grad):
 torch.library.register_autograd("maskext::gate", _gate_backward, setup_context=_gate_setup_context)
 
 
+def _gate_bwd_setup_context(ctx, inputs, output):
+    grad, x, logits, lengths, inv_t, hard = inputs
+    ctx.save_for_backward(grad, x, logits, lengths)
+    ctx.spec = (inv_t, hard)
+
+
+def _gate_double_backward(ctx, u, t):
+    """gate_backward gives, at real steps (0 at padding), with s = sigmoid(w * z),
+    w = inv_t, m = (z >= 0 if hard else s) and X = x (or 1 without x):
+        dx = grad * m,    dlogits = grad * X * s (1 - s) w.
+    Its derivatives, for incoming u (of dx) and t (of dlogits):
+        d/dgrad   = u * m + t * X * s (1 - s) w      (gate and gate_backward)
+        d/dx      = t * grad * s (1 - s) w           (gate_backward)
+        d/dlogits = w s (1 - s) (w (1 - 2 s) t grad X + u grad [not hard])
+    (the hard step has derivative 0). s comes from the gate op, which is 0 at
+    padding, so every term is 0 there."""
+    grad, x, logits, lengths = ctx.saved_tensors
+    inv_t, hard = ctx.spec
+    has_x = x is not None
+    dgrad = dx = dlogits = None
+    if ctx.needs_input_grad[0]:
+        dgrad = _ops.gate_backward(t, x, logits, lengths, inv_t, hard)[1]
+        if has_x:  # hard: the step m has derivative 0, so its logits are a constant here
+            dgrad = dgrad + _ops.gate(u, logits.detach() if hard else logits, lengths, inv_t, hard)
+    if has_x and ctx.needs_input_grad[1]:
+        dx = _ops.gate_backward(t * grad, None, logits, lengths, inv_t, hard)[1]
+    if ctx.needs_input_grad[2]:
+        s = _ops.gate(None, logits, lengths, inv_t, False)
+        inner = inv_t * (1 - 2 * s) * t * grad
+        if has_x:
+            inner = inner * x
+            if not hard:
+                inner = inner + u * grad
+        dlogits = inv_t * s * (1 - s) * inner
+    return dgrad, dx, dlogits, None, None, None
+
+
+torch.library.register_autograd("maskext::gate_backward", _gate_double_backward,
+                                setup_context=_gate_bwd_setup_context)
+
+
 # ---------------------------------------------------------------- fake implementations
+#
+# A call that mixes a meta tensor with CPU tensors dispatches here, not to a
+# kernel, so these check devices with the message of csrc/checks.cpp
+# (check_device): without it such a call returned uninitialised memory.
+
+def _check_devices(op: str, ref_name: str, ref: Tensor, **tensors: Optional[Tensor]) -> None:
+    for name, t in tensors.items():
+        if t is not None and t.device != ref.device:
+            raise RuntimeError(f"maskext::{op}: {name} must be on the same device as {ref_name} "
+                               f"({ref.device}), got {t.device}")
+
+
+def _contiguous_empty(t: Tensor) -> Tensor:
+    return torch.empty_like(t, memory_format=torch.contiguous_format)
+
 
 @torch.library.register_fake("maskext::lengths_to_mask")
 def _lengths_to_mask_fake(lengths, max_len, left_pad, padding, dtype):
@@ -427,6 +588,7 @@ def _lengths_to_mask_fake(lengths, max_len, left_pad, padding, dtype):
 
 @torch.library.register_fake("maskext::attention_mask")
 def _attention_mask_fake(lengths, q_lengths, q_len, k_len, causal, wl, wr, dtype):
+    _check_devices("attention_mask", "lengths", lengths, q_lengths=q_lengths)
     return lengths.new_empty((lengths.shape[0], 1, q_len, k_len), dtype=dtype)
 
 
@@ -440,34 +602,54 @@ def _lengths_from_padded_fake(x, pad_value, dim):
     return x.new_empty((x.shape[0],), dtype=torch.int64)
 
 
-def _contiguous_like_first(t, *args):
-    """Fake of the ops whose output is a contiguous tensor shaped like their first input."""
-    return torch.empty_like(t, memory_format=torch.contiguous_format)
+def _softmax_fake_for(op):
+    def fake(x, mask, bias, lengths, q_lengths, causal, wl, wr, scale):
+        _check_devices(op, "x", x, lengths=lengths, q_lengths=q_lengths, mask=mask, bias=bias)
+        return _contiguous_empty(x)
+    return fake
 
 
-for _op in ("masked_softmax", "masked_softmax_backward", "masked_log_softmax",
-            "masked_log_softmax_backward", "fill_padding"):
-    torch.library.register_fake(f"maskext::{_op}")(_contiguous_like_first)
+def _softmax_backward_fake_for(op):
+    def fake(grad_out, out, lengths, q_lengths, causal, wl, wr, scale):
+        _check_devices(op, "out", out, grad_out=grad_out)
+        _check_devices(op, "grad_out", grad_out, lengths=lengths, q_lengths=q_lengths)
+        return _contiguous_empty(grad_out)
+    return fake
+
+
+for _op in ("masked_softmax", "masked_log_softmax"):
+    torch.library.register_fake(f"maskext::{_op}")(_softmax_fake_for(_op))
+    torch.library.register_fake(f"maskext::{_op}_backward")(
+        _softmax_backward_fake_for(f"{_op}_backward"))
+
+
+@torch.library.register_fake("maskext::fill_padding")
+def _fill_padding_fake(x, lengths, value, dim, left_pad):
+    _check_devices("fill_padding", "x", x, lengths=lengths)
+    return _contiguous_empty(x)
 
 
 @torch.library.register_fake("maskext::fill_padding_")
 def _fill_padding_inplace_fake(x, lengths, value, dim, left_pad):
+    _check_devices("fill_padding_", "x", x, lengths=lengths)
     return None
 
 
 @torch.library.register_fake("maskext::masked_pool")
 def _masked_pool_fake(x, lengths, dim, mode):
+    _check_devices("masked_pool", "x", x, lengths=lengths)
     d = dim % x.dim()
     return x.new_empty((x.shape[0], math.prod(x.shape[1:d]), math.prod(x.shape[d + 1:])))
 
 
 @torch.library.register_fake("maskext::gate")
 def _gate_fake(x, logits, lengths, inv_t, hard):
-    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+    _check_devices("gate", "logits", logits, x=x, lengths=lengths)
+    return _contiguous_empty(logits)
 
 
 @torch.library.register_fake("maskext::gate_backward")
 def _gate_backward_fake(grad, x, logits, lengths, inv_t, hard):
-    dx = (torch.empty_like(x, memory_format=torch.contiguous_format) if x is not None
-          else logits.new_empty((0,)))
-    return dx, torch.empty_like(logits, memory_format=torch.contiguous_format)
+    _check_devices("gate_backward", "logits", logits, x=x, grad=grad, lengths=lengths)
+    dx = _contiguous_empty(x) if x is not None else logits.new_empty((0,))
+    return dx, _contiguous_empty(logits)

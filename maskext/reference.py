@@ -51,7 +51,9 @@ def visible(q_len: int, k_len: int, lengths: Optional[Tensor] = None,
     if causal:
         keep = keep & (j <= p)
     if window is not None:
-        left, right = window
+        # Sides past q_len + k_len reach beyond the row: clamped, so that p + right
+        # cannot wrap around in int64 (window=(None, sys.maxsize)).
+        left, right = (None if w is None else min(w, q_len + k_len) for w in window)
         if left is not None:
             keep = keep & (j >= p - left)
         if right is not None:
@@ -80,7 +82,18 @@ def masked_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optiona
                    window: Optional[Sequence[Optional[int]]] = None,
                    scale: Optional[float] = None, bias: Optional[Tensor] = None,
                    compute_dtype: torch.dtype = torch.float64) -> Tensor:
-    """Computed in ``compute_dtype`` (float64 by default), returned in x's dtype."""
+    """Computed in ``compute_dtype`` (float64 by default), returned in x's dtype.
+
+    NaN: a NaN (or +inf) visible score makes every visible output of its row
+    NaN, as ``torch.softmax``; masked positions stay 0 whatever they hold."""
+    z, keep = _masked_scores(x, mask, lengths, q_lengths, causal, window, scale, bias,
+                             compute_dtype)
+    return torch.where(keep, torch.softmax(z, -1), 0.0).to(x.dtype)
+
+
+def _masked_scores(x, mask, lengths, q_lengths, causal, window, scale, bias, compute_dtype):
+    """(scores with masked positions -inf, keep mask); fully masked rows are all
+    0 scores (a softmax of them is then NaN-free, for autograd)."""
     z = x.to(compute_dtype) * (1.0 if scale is None else scale)
     if x.dim() == 2:
         keep = visible(1, x.shape[-1], lengths, device=x.device)[:, 0, 0, :]
@@ -90,13 +103,12 @@ def masked_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optiona
     if mask is not None:
         keep = keep & mask
     if bias is not None:
-        keep = keep & (bias > torch.finfo(bias.dtype).min)
+        keep = keep & ~(bias <= torch.finfo(bias.dtype).min)  # a NaN bias is a NaN score
         z = z + bias.to(compute_dtype)
+    keep = keep & (z != float("-inf"))  # -inf scores count as masked
     any_kept = keep.any(-1, keepdim=True)
-    # Fully masked rows: softmax of zeros, then 0 (keeps autograd free of NaN).
     z = torch.where(any_kept, z.masked_fill(~keep, float("-inf")), 0.0)
-    y = torch.where(any_kept, torch.softmax(z, -1), 0.0)
-    return y.to(x.dtype)
+    return z, keep.expand(z.shape)
 
 
 def masked_log_softmax(x: Tensor, mask: Optional[Tensor] = None, *,
@@ -104,12 +116,12 @@ def masked_log_softmax(x: Tensor, mask: Optional[Tensor] = None, *,
                        causal: bool = False, window: Optional[Sequence[Optional[int]]] = None,
                        scale: Optional[float] = None, bias: Optional[Tensor] = None,
                        compute_dtype: torch.dtype = torch.float64) -> Tensor:
-    """Masked positions and fully masked rows: ``finfo(x.dtype).min``."""
-    y = masked_softmax(x.to(compute_dtype), mask, lengths=lengths, q_lengths=q_lengths,
-                       causal=causal, window=window, scale=scale,
-                       bias=None if bias is None else bias.to(compute_dtype))
+    """Masked positions and fully masked rows: ``finfo(x.dtype).min``, and so is
+    a visible log-probability below it. NaN as in :func:`masked_softmax`."""
+    z, keep = _masked_scores(x, mask, lengths, q_lengths, causal, window, scale, bias,
+                             compute_dtype)
     lowest = torch.finfo(x.dtype).min
-    return torch.where(y > 0, y.log(), lowest).clamp(min=lowest).to(x.dtype)
+    return torch.where(keep, torch.log_softmax(z, -1).clamp(min=lowest), lowest).to(x.dtype)
 
 
 def _steps_mask(x: Tensor, lengths: Tensor, dim: int, left_pad: bool = False) -> Tensor:
@@ -137,6 +149,8 @@ def masked_mean(x: Tensor, lengths: Tensor, *, dim: int = 1, keepdim: bool = Fal
 
 
 def masked_max(x: Tensor, lengths: Tensor, *, dim: int = 1, keepdim: bool = False) -> Tensor:
+    if x.shape[dim] == 0:  # amax refuses an empty dim; no steps means empty sequences: 0
+        return x.sum(dim, keepdim=keepdim) * 0
     keep = _steps_mask(x, lengths, dim)
     out = x.masked_fill(~keep, float("-inf")).amax(dim, keepdim=keepdim)
     empty = ~keep.any(dim, keepdim=keepdim)

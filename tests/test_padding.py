@@ -133,3 +133,23 @@ def test_opcheck_and_compile(device):
     (g1,) = torch.autograd.grad(got.sum(), x)
     (g2,) = torch.autograd.grad(f(x, L).sum(), x)
     torch.testing.assert_close(g1, g2)
+
+
+def test_fill_padding_inplace_op_under_autograd(device):
+    """torch.ops.maskext.fill_padding_ itself (not only maskext.fill_padding_):
+    the gradient of the padding is 0 (it was passed through, silently), and the
+    version counter moves, so a backward that saved the tensor raises."""
+    x = torch.randn(3, 5, 2, device=device, dtype=torch.float64, requires_grad=True)
+    L = torch.tensor([0, 5, 2], device=device)
+    y = x * 1
+    torch.ops.maskext.fill_padding_(y, L, -1.0, 1, False)
+    torch.testing.assert_close(y, R.fill_padding(x, L, -1.0))
+    (g,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(g, R.lengths_to_mask(L, 5)[..., None].expand(3, 5, 2).double())
+    s = x.sigmoid()  # saves its output for the backward
+    v = s._version
+    with torch.no_grad():
+        torch.ops.maskext.fill_padding_(s, L, 0.0, 1, False)
+    assert s._version > v
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        s.sum().backward()

@@ -281,7 +281,7 @@ def test_errors(device):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_error_lengths_on_wrong_device():
     x = torch.randn(2, 3, device="cuda")
-    with pytest.raises(RuntimeError, match=r"masked_softmax: lengths must be on the data's device cuda:0, got cpu"):
+    with pytest.raises(RuntimeError, match=r"masked_softmax: lengths must be on the same device as x \(cuda:0\), got cpu"):
         maskext.masked_softmax(x, lengths=torch.tensor([1, 2]))
 
 

@@ -202,6 +202,15 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
         std::fill(o + lo, o + Tk, masked);
         return;
       }
+      if (!(mx < -neg_inf)) {
+        // A NaN or +inf score: as torch.softmax, every visible output is NaN;
+        // masked positions (-inf here) keep the masked value, as always. The
+        // CUDA kernels follow the same rule (DESIGN.md §2, NaN).
+        for (int64_t k = 0; k < n; ++k) {
+          o[lo + k] = z[k] == neg_inf ? masked : std::numeric_limits<scalar_t>::quiet_NaN();
+        }
+        continue;
+      }
       if constexpr (LOG) {
         const acc_t sum = at::vec::map_reduce_all<acc_t>(
             [mx](Vec v) { return (v - Vec(mx)).exp(); }, [](Vec p, Vec q) { return p + q; }, z, n);

@@ -34,7 +34,10 @@ __device__ __forceinline__ float fast_exp<float>(float v) {
   return __expf(v);
 }
 
-// Running (max, sum of exp(z - max)) of a set of scores.
+// Running (max, sum of exp(z - max)) of a set of scores. m is never NaN: a NaN
+// score makes s NaN (and it stays NaN), also while m is still -inf, so a row
+// whose visible scores are all NaN is not taken for a fully masked one
+// (that is m == -inf with s == 0).
 template <typename acc_t>
 struct MaxSum {
   acc_t m, s;
@@ -44,12 +47,15 @@ struct MaxSum {
       s = s * fast_exp(m - z) + acc_t(1);
       m = z;
     } else {
-      s += fast_exp(z - m);
+      s += fast_exp(z - m);  // NaN z: s becomes NaN
     }
   }
   __device__ __forceinline__ void merge(acc_t m2, acc_t s2) {
     const acc_t mm = m > m2 ? m : m2;
-    if (mm == -std::numeric_limits<acc_t>::infinity()) return;
+    if (mm == -std::numeric_limits<acc_t>::infinity()) {
+      s += s2;  // both sums are 0 or NaN: keep a NaN
+      return;
+    }
     s = s * fast_exp(m - mm) + s2 * fast_exp(m2 - mm);
     m = mm;
   }
@@ -167,19 +173,24 @@ __global__ void __launch_bounds__(BLOCK) softmax_forward_kernel(SoftmaxArgs a) {
     }
     ms = row_reduce<THREADS>(ms);
     if (!active || n == 0) continue;
-    if (ms.m == kNegInf) {  // every visible key masked by mask/bias
+    if (ms.m == kNegInf && ms.s == acc_t(0)) {  // every visible key masked by mask/bias
       cuda::fill(o + lo, n, masked, tid, THREADS);
       continue;
     }
 
-    // Pass 2: normalise.
-    const acc_t inv = acc_t(1) / ms.s;
-    const acc_t lse = ms.m + log(ms.s);
+    // Pass 2: normalise. A NaN or +inf score (s NaN or m +inf) makes every
+    // visible output NaN, as torch.softmax and the CPU kernel; masked
+    // positions (-inf) keep the masked value.
+    const bool poisoned = ms.m == -kNegInf || ms.s != ms.s;
+    const acc_t qnan = std::numeric_limits<acc_t>::quiet_NaN();
+    const acc_t inv = poisoned ? qnan : acc_t(1) / ms.s;
+    const acc_t lse = poisoned ? qnan : ms.m + log(ms.s);
     const acc_t m = ms.m;
     auto finish = [&](acc_t z) -> T {
+      if (z == kNegInf) return masked;
       if constexpr (LOG) {
-        const acc_t v = z - lse;  // -inf (masked) and below finfo.min become finfo.min
-        return static_cast<T>(v > bias_min ? v : bias_min);
+        const acc_t v = z - lse;  // below finfo.min becomes finfo.min; NaN stays NaN
+        return static_cast<T>(v < bias_min ? bias_min : v);
       } else {
         return static_cast<T>(fast_exp(z - m) * inv);
       }

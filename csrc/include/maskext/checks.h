@@ -8,11 +8,19 @@
 
 namespace maskext {
 
-// `lengths` must be a 1-D int32/int64 tensor of shape [B] on `device`.
-// Negative values are an error; they are looked for on CPU tensors only,
-// since on CUDA that would cost a host sync (the kernels clamp them to 0).
+// Every tensor argument of an op must be on the device of its data (`ref`,
+// named `ref_name`): kernels take raw pointers, so a tensor elsewhere would be
+// read as if it were on the kernel's device. maskext/ops.py holds the same check
+// for the fake (meta) implementations, with the same message.
+void check_device(const char* op, const char* name, const at::Tensor& t, const char* ref_name,
+                  const at::Tensor& ref);
+
+// `lengths` must be a 1-D int32/int64 tensor of shape [B] on the device of
+// `data` (named `data_name`). Negative values are an error; they are looked
+// for on CPU tensors only, since on CUDA that would cost a host sync (the
+// kernels clamp them to 0).
 void check_lengths(const char* op, const char* name, const at::Tensor& lengths,
-                   int64_t B, const char* B_desc, const at::Device& device);
+                   int64_t B, const char* B_desc, const char* data_name, const at::Tensor& data);
 
 // Error unless window values are -1 (unbounded) or >= 0.
 void check_window(const char* op, int64_t window_left, int64_t window_right);
@@ -110,8 +118,9 @@ struct PaddedProblem {
   PaddedArgs args;
 };
 
+// `x_name` names x in messages ("x", or "logits" for the soft masks).
 PaddedProblem prepare_padded(const char* op, const at::Tensor& x, const at::Tensor& lengths,
-                             int64_t dim, bool left_pad);
+                             int64_t dim, bool left_pad, const char* x_name = "x");
 
 // Soft masks / gating: logits (B, T, ...) viewed as (B, 1, T, F), lengths along
 // dim 1 (optional); x, when given, must match logits and is made contiguous.
