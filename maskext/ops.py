@@ -253,12 +253,12 @@ def _softmax_backward_for(backward_op):
         dx = dbias = None
         if need_bias:
             # d(loss)/d(scale * x + bias) once; x's gradient is that times scale.
-            dz = backward_op(grad, y, lengths, q_lengths, causal, wl, wr, 1.0)
+            dz = _call(backward_op, (grad, y), grad, y, lengths, q_lengths, causal, wl, wr, 1.0)
             dbias = dz.sum_to_size(ctx.bias_shape)
             if need_x:
                 dx = dz * scale
         elif need_x:
-            dx = backward_op(grad, y, lengths, q_lengths, causal, wl, wr, scale)
+            dx = _call(backward_op, (grad, y), grad, y, lengths, q_lengths, causal, wl, wr, scale)
         return dx, None, dbias, None, None, None, None, None, None
     return backward
 

@@ -209,7 +209,8 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
         for (int64_t k = 0; k < n; ++k) {
           o[lo + k] = z[k] == neg_inf ? masked : std::numeric_limits<scalar_t>::quiet_NaN();
         }
-        continue;
+        std::fill(o + hi, o + Tk, masked);
+        return;
       }
       if constexpr (LOG) {
         const acc_t sum = at::vec::map_reduce_all<acc_t>(
