@@ -27,12 +27,14 @@ for _name in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_lim
     if hasattr(torch._dynamo.config, _name):
         setattr(torch._dynamo.config, _name, 4096)
 
-PROVIDERS = ["maskext", "eager", "torch._masked_softmax", "torch.compile", "copy"]
+# "softmax": an unmasked x.softmax(-1) of the same tensor (forward only), the
+# time people know; maskext reads only the visible keys, so it can be below it.
+PROVIDERS = ["maskext", "eager", "torch._masked_softmax", "torch.compile", "softmax", "copy"]
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 CUDA_SHAPES = [(16, 16, 1024, 1024), (4, 16, 1000, 1000), (2, 16, 4096, 4096),
                (1, 16, 16384, 16384), (64, 32, 1, 8192), (256, 8, 128, 128), (8, 16, 1, 65536)]
-CPU_SHAPES = [(8, 8, 512, 512), (16, 8, 1, 4096)]
+CPU_SHAPES = [(8, 8, 512, 512), (16, 8, 1, 4096), (2, 2, 64, 64)]
 CPU_SHAPES_FULL = CPU_SHAPES + [(4, 8, 1000, 1000), (64, 8, 128, 128)]
 
 
@@ -103,6 +105,7 @@ def forward_providers(x, L, causal, keep):
         "eager": lambda: _eager(x, keep),
         "torch._masked_softmax": lambda: torch._masked_softmax(x, ~keep_full, -1, 2),
         "torch.compile": lambda: compiled(x, keep),
+        "softmax": lambda: x.softmax(-1),
         "copy": lambda: y.copy_(x),
     }
     return _checked(fns, ref, x.dtype)
@@ -114,13 +117,21 @@ def backward_providers(x, L, causal, keep):
     out = torch.empty_like(x)
     keep_full = keep.expand_as(x)
     compiled = torch.compile(_softmax_bwd_formula, dynamic=False)
-    ops = torch.ops.maskext
-    ref = ops.masked_softmax_backward(dy, y, L, None, causal, -1, -1, 1.0)
+    # The backward op as autograd runs it in a backward pass without a graph to
+    # build (grad mode off): below the autograd layer (maskext.ops._call).
+    bwd_op = torch.ops.maskext.masked_softmax_backward
+
+    def bwd():
+        with torch.no_grad():
+            return maskext.ops._call(bwd_op, (), dy, y, L, None, causal, -1, -1, 1.0)
+
+    ref = bwd()
     fns = {
-        "maskext": lambda: ops.masked_softmax_backward(dy, y, L, None, causal, -1, -1, 1.0),
+        "maskext": bwd,
         "eager": lambda: torch._softmax_backward_data(dy, y, -1, x.dtype),
         "torch._masked_softmax": lambda: torch.ops.aten._masked_softmax_backward(dy, y, ~keep_full, -1),
         "torch.compile": lambda: compiled(dy, y),
+        "softmax": None,
         "copy": lambda: out.copy_(x),
     }
     return _checked(fns, ref, x.dtype)
