@@ -1,7 +1,7 @@
 """Masked softmax, forward and backward: maskext vs eager PyTorch vs
 torch._masked_softmax vs torch.compile of the eager code vs a plain copy.
 
-    python benchmarks/bench_softmax.py [--device cpu|cuda] [--threads N] [--full] [--out DIR]
+    python benchmarks/bench_softmax.py [--device cpu|cuda] [--threads N] [--full] [--dtypes L] [--shapes L] [--out DIR]
 
 Lengths are uniform in [Tk/2, Tk] ("padded"), all Tk ("full"), or padded plus
 causal ("causal+padded", Tq == Tk). Every provider's output is checked against
@@ -187,9 +187,14 @@ def main():
     common.add_common_args(ap)
     ap.add_argument("--full", action="store_true", help="more shapes/cases on the CPU")
     ap.add_argument("--dtypes", default=None, help="comma list of fp16,bf16,fp32")
+    ap.add_argument("--shapes", default=None,
+                    help="comma list of BxHxTqxTk shapes (default: the device's sweep)")
+    ap.add_argument("--min-run-time", type=float, default=0.5, help="CPU seconds per timing")
     a = ap.parse_args()
     common.apply_common_args(a)
-    print(run(a.device, a.full, a.dtypes.split(",") if a.dtypes else None, out_dir=a.out))
+    shapes = [tuple(int(v) for v in sh.split("x")) for sh in a.shapes.split(",")] if a.shapes else None
+    print(run(a.device, a.full, a.dtypes.split(",") if a.dtypes else None, shapes=shapes, out_dir=a.out,
+              min_run_time=a.min_run_time))
 
 
 if __name__ == "__main__":

@@ -1,23 +1,44 @@
 #!/usr/bin/env bash
 # One-shot check on a fresh CUDA machine (torch already installed, no network):
-# build, CUDA tests, compute-sanitizer, benchmark sweeps. Everything goes to OUT.
+# build, tests, compute-sanitizer, benchmark sweeps.
 #
-#   bash benchmarks/gpu_check.sh OUT_DIR [BUDGET_SECONDS]
+#   bash benchmarks/gpu_check.sh OUT_DIR [BUDGET_SECONDS] [--dry-run]
+#
+# OUT_DIR ends up holding exactly two files: summary.txt (one screen: GPU,
+# versions, commit, build time, test counts, sanitizer verdicts, headline
+# ratios) and gpu_check.tar.gz (every log, CSV and Markdown table).
 #
 # The whole run keeps within BUDGET_SECONDS (default 450: 8 minutes with
-# margin on an H100): each step gets at most what is left, the benchmark
-# sweeps write their tables after every case, so a sweep cut short keeps what
-# it measured. The exit status is non-zero if the build, the tests or the
-# sanitizer failed.
+# margin on an H100): each step gets at most its cap and never more than what
+# is left; the sweeps write their tables after every case, so a sweep cut
+# short keeps what it measured. Exit status non-zero if the build, the tests
+# or a sanitizer failed.
+#
+# --dry-run (no GPU needed; run it whenever this script or a benchmark
+# changed): every step on the CPU with the installed build (built CPU-only
+# first if maskext does not import), a short test subset, the sanitizer cases
+# without compute-sanitizer, one small case per sweep, then the summary and
+# the archive, so that a typo cannot waste a GPU run.
 set -uo pipefail
-OUT="${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR [BUDGET_SECONDS]}"
-BUDGET="${2:-450}"
+DRY=0
+ARGS=()
+for a in "$@"; do
+  if [ "$a" = "--dry-run" ]; then DRY=1; else ARGS+=("$a"); fi
+done
+OUT="${ARGS[0]:?usage: bash benchmarks/gpu_check.sh OUT_DIR [BUDGET_SECONDS] [--dry-run]}"
+BUDGET="${ARGS[1]:-450}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 cd "$(dirname "$0")/.."
+LOGS="$OUT/gpu_check"   # everything but summary.txt; archived at the end
+rm -rf "$LOGS" "$OUT/gpu_check.tar.gz" "$OUT/summary.txt"
+mkdir -p "$LOGS"
+DEV=cuda
+[ "$DRY" = 1 ] && DEV=cpu
 status=0
-step() { echo "== $1 ($(date +%T), ${SECONDS}s)" | tee -a "$OUT/summary.txt"; }
-result() { echo "   -> $1" | tee -a "$OUT/summary.txt"; }
+BUILD_S=0
+step() { echo "== $1 ($(date +%T), ${SECONDS}s)" >> "$LOGS/steps.txt"; echo "== $1" >&2; }
+result() { echo "   -> $1" >> "$LOGS/steps.txt"; echo "   -> $1" >&2; }
 # Seconds for the next step: its cap, or what is left of the budget.
 limit() { local left=$((BUDGET - SECONDS)); [ "$left" -lt "$1" ] && echo "$left" || echo "$1"; }
 # Runs "$@" with a time limit of at most $1 seconds; skipped when < 15 s are left.
@@ -27,68 +48,95 @@ run_step() {
   if [ "$t" -lt 15 ]; then result "skipped: time budget spent"; return 124; fi
   timeout "$t" "$@"
 }
+finish() {
+  python benchmarks/gpu_summary.py "$LOGS" --build-seconds "$BUILD_S" --total-seconds "$SECONDS" \
+    --dry-run "$DRY" > "$OUT/summary.txt" 2> "$LOGS/summary.err" ||
+    { echo "summary failed: see gpu_check/summary.err"; cat "$LOGS/steps.txt"; } >> "$OUT/summary.txt"
+  tar -czf "$OUT/gpu_check.tar.gz" -C "$OUT" gpu_check && rm -rf "$LOGS"
+  cat "$OUT/summary.txt"
+  exit "$1"
+}
 
-{ nvidia-smi; python -c 'import torch; print("torch", torch.__version__, torch.version.cuda)'; git log -1 --oneline; } \
-  > "$OUT/env.txt" 2>&1
+{ nvidia-smi 2>&1 || echo "nvidia-smi: not found"
+  python -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda)'
+  git log -1 --format='commit %h %<(50,trunc)%s' 2>/dev/null || echo "commit unknown"; } > "$LOGS/env.txt" 2>&1
 
 step "build (MASKEXT_BUILD_CUDA=1, for the visible GPU)"
-if MASKEXT_BUILD_CUDA=1 MAX_JOBS="${MAX_JOBS:-16}" run_step 240 \
-    python -m pip install --no-build-isolation --no-deps -v -e . > "$OUT/build.log" 2>&1 &&
-   python -c 'import maskext; assert maskext.cuda_built()' >> "$OUT/build.log" 2>&1; then
+t0=$SECONDS
+if [ "$DRY" = 1 ]; then
+  if python -c 'import maskext' > "$LOGS/build.log" 2>&1; then
+    result "dry run: using the installed build"
+  elif MASKEXT_BUILD_CUDA=0 run_step 400 python -m pip install --no-build-isolation --no-deps -v -e . \
+      >> "$LOGS/build.log" 2>&1; then
+    result "ok (dry run: CPU only)"
+  else
+    result "FAILED (see build.log)"; status=1; finish 1
+  fi
+elif MASKEXT_BUILD_CUDA=1 MAX_JOBS="${MAX_JOBS:-16}" run_step 240 \
+    python -m pip install --no-build-isolation --no-deps -v -e . > "$LOGS/build.log" 2>&1 &&
+   python -c 'import maskext; assert maskext.cuda_built(); print(maskext.build_info())' >> "$LOGS/build.log" 2>&1; then
   result "ok"
 else
-  result "FAILED (see build.log)"; exit 1
+  result "FAILED (see build.log)"; status=1; BUILD_S=$((SECONDS - t0)); finish 1
 fi
+BUILD_S=$((SECONDS - t0))
 
 # First, on their own so that the summary names them: the CUDA kernels past
 # element 2^31 (64-bit indexing), CUDA graph capture of forward and backward,
 # the NaN rule and the device checks on CUDA (tests/test_robustness.py).
 step "robustness on CUDA: >2^31 elements, CUDA graphs, NaN, devices"
-if run_step 120 python -m pytest -q tests/test_robustness.py -k cuda > "$OUT/tests_robustness.log" 2>&1; then
-  result "$(tail -1 "$OUT/tests_robustness.log")"
+if run_step 120 python -m pytest -q tests/test_robustness.py -k "$DEV" > "$LOGS/tests_robustness.log" 2>&1; then
+  result "$(tail -1 "$LOGS/tests_robustness.log")"
 else
-  result "FAILED: $(tail -1 "$OUT/tests_robustness.log")"; status=1
+  result "FAILED: $(tail -1 "$LOGS/tests_robustness.log")"; status=1
 fi
 
 step "tests (CPU and CUDA)"
-if MASKEXT_EXPECT_CUDA=1 run_step 240 python -m pytest -q tests > "$OUT/tests.log" 2>&1; then
-  result "$(tail -1 "$OUT/tests.log")"
+if [ "$DRY" = 1 ]; then TESTS=(tests/test_build.py tests/test_masks.py); else TESTS=(tests); fi
+if MASKEXT_EXPECT_CUDA=$((1 - DRY)) run_step 240 python -m pytest -q "${TESTS[@]}" > "$LOGS/tests.log" 2>&1; then
+  result "$(tail -1 "$LOGS/tests.log")"
 else
-  result "FAILED: $(tail -1 "$OUT/tests.log")"; status=1
+  result "FAILED: $(tail -1 "$LOGS/tests.log")"; status=1
 fi
 
 SAN="$(command -v compute-sanitizer || true)"
 for d in "${CUDA_HOME:-}" /usr/local/cuda; do
   [ -z "$SAN" ] && [ -n "$d" ] && [ -x "$d/bin/compute-sanitizer" ] && SAN="$d/bin/compute-sanitizer"
 done
-if [ -n "$SAN" ]; then
-  for tool in memcheck racecheck; do
-    step "compute-sanitizer $tool"
-    if run_step 120 "$SAN" --tool "$tool" --error-exitcode 1 python benchmarks/sanitize_cases.py \
-        > "$OUT/sanitizer_$tool.log" 2>&1; then
-      result "clean"
-    else
-      result "FINDINGS, failure or time-out (see sanitizer_$tool.log)"; status=1
-    fi
-  done
-else
-  step "compute-sanitizer"; result "not found: skipped"
-fi
+for tool in memcheck racecheck synccheck; do
+  step "compute-sanitizer $tool"
+  if [ "$DRY" = 1 ]; then
+    CMD=(python benchmarks/sanitize_cases.py --device cpu)
+  elif [ -n "$SAN" ]; then
+    CMD=("$SAN" --tool "$tool" --error-exitcode 1 python benchmarks/sanitize_cases.py)
+  else
+    result "not found: skipped"; continue
+  fi
+  if run_step 90 "${CMD[@]}" > "$LOGS/sanitizer_$tool.log" 2>&1; then
+    result "clean"
+  else
+    result "FINDINGS, failure or time-out (see sanitizer_$tool.log)"; status=1
+  fi
+  [ "$DRY" = 1 ] && break   # on the CPU the three runs would be the same
+done
 
-step "benchmarks: mask building"
-run_step 45 python benchmarks/bench_masks.py --device cuda --out "$OUT" > "$OUT/bench_masks.log" 2>&1
-result "exit $?"
+# Sweeps, most telling first. A dry run does one small case of each.
+QUICK=()
+[ "$DRY" = 1 ] && QUICK=(--shapes 2x2x64x64 --min-run-time 0.05)
 step "benchmarks: masked softmax fp16"
-run_step 150 python benchmarks/bench_softmax.py --device cuda --dtypes fp16 --out "$OUT" \
-  > "$OUT/bench_softmax_fp16.log" 2>&1
+run_step 150 python benchmarks/bench_softmax.py --device "$DEV" --dtypes fp16 "${QUICK[@]}" --out "$LOGS" \
+  > "$LOGS/bench_softmax_fp16.log" 2>&1
 result "exit $? (124: time limit; the tables hold the cases done)"
+step "benchmarks: mask building"
+run_step 45 python benchmarks/bench_masks.py --device "$DEV" --out "$LOGS" > "$LOGS/bench_masks.log" 2>&1
+result "exit $?"
 step "benchmarks: other masked ops"
-run_step 40 python benchmarks/bench_masked_ops.py --device cuda --out "$OUT" > "$OUT/bench_masked_ops.log" 2>&1
+run_step 40 python benchmarks/bench_masked_ops.py --device "$DEV" --out "$LOGS" > "$LOGS/bench_masked_ops.log" 2>&1
 result "exit $?"
 for dt in fp32 bf16; do
   step "benchmarks: masked softmax $dt"
-  run_step 120 python benchmarks/bench_softmax.py --device cuda --dtypes "$dt" --out "$OUT" \
-    > "$OUT/bench_softmax_$dt.log" 2>&1
+  run_step 120 python benchmarks/bench_softmax.py --device "$DEV" --dtypes "$dt" "${QUICK[@]}" --out "$LOGS" \
+    > "$LOGS/bench_softmax_$dt.log" 2>&1
   result "exit $?"
 done
-exit $status
+finish $status

@@ -44,6 +44,16 @@ def main():
             (g,) = torch.autograd.grad(maskext.masked_softmax(xr, lengths=L).square().sum(), xr,
                                        create_graph=True)
             g.sum().backward()
+    # Long rows (Tk > 65536) in few rows (fewer than the GPU has SMs), misaligned,
+    # on the fast path and the mask/bias path.
+    for dtype in (torch.float16, torch.float32):
+        Tk = 70001
+        x = torch.randn(2, 1, 2, Tk + 1, device=dev, dtype=dtype)[..., 1:]
+        L = torch.tensor([Tk, Tk // 3], device=dev)
+        mask = torch.rand(1, 1, 1, Tk, device=dev) > 0.1
+        for kw in (dict(lengths=L), dict(lengths=L, mask=mask, bias=x[:1, :, :1].contiguous())):
+            xr = x.detach().clone().requires_grad_()
+            maskext.masked_softmax(xr, **kw).sum().backward()
     L = torch.tensor([2**40, 0, 5, 17], device=dev)
     for dtype in (torch.bool, torch.float16, torch.float32, torch.float64):
         maskext.attention_mask(L, q_len=13, k_len=17, q_lengths=L, causal=True, window=(3, None),

@@ -1,0 +1,118 @@
+"""One screen from the logs and tables of benchmarks/gpu_check.sh: GPU, versions,
+commit, build time, test counts, sanitizer verdicts, and per shape and dtype
+the headline ratios of the softmax sweep.
+
+    python benchmarks/gpu_summary.py LOG_DIR [--build-seconds S] [--total-seconds S] [--dry-run 0|1]
+"""
+import argparse
+import csv
+import glob
+import os
+import re
+from collections import defaultdict
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _last_line(path):
+    lines = [ln for ln in _read(path).splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else "(no log)"
+
+
+def _softmax_rows(log_dir):
+    """{(pass, shape, dtype, variant): {provider: ms}} from every softmax CSV."""
+    out = defaultdict(dict)
+    device = ""
+    for path in sorted(glob.glob(os.path.join(log_dir, "softmax_*.csv"))):
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                key = (r["op"].split()[-1], r["shape"], r["dtype"], r["variant"])
+                out[key][r["provider"]] = float(r["median_ms"])
+                device = r["device"]
+    return out, device
+
+
+def _fmt(v):
+    return "  -  " if v is None or v != v else f"{v:5.2f}"
+
+
+def headline(rows):
+    """Per dtype, one line per shape: maskext / floor (forward full, padded,
+    causal+padded; backward padded), eager / maskext and compile / maskext
+    (forward padded; > 1: maskext is faster)."""
+    def ratio(key, num, den):
+        t = rows.get(key, {})
+        a, b = t.get(num), t.get(den)
+        return None if a is None or b is None or b == 0 else a / b
+    lines = []
+    dtypes = sorted({k[2] for k in rows}, key=["fp16", "bf16", "fp32"].index)
+    shapes = []
+    for k in rows:
+        if k[1] not in shapes:
+            shapes.append(k[1])
+    head = (f"{'shape':>18} | fwd full  pad  causal  (x floor) | eager/mx compile/mx (pad) "
+            f"| bwd pad x floor")
+    for dt in dtypes:
+        lines.append(f"-- {dt}")
+        lines.append(head)
+        for sh in shapes:
+            f = lambda v: ("forward", sh, dt, v)  # noqa: E731
+            if not any(f(v) in rows for v in ("full", "padded", "causal+padded")):
+                continue
+            lines.append(
+                f"{sh:>18} | {_fmt(ratio(f('full'), 'maskext', 'copy'))} {_fmt(ratio(f('padded'), 'maskext', 'copy'))}"
+                f" {_fmt(ratio(f('causal+padded'), 'maskext', 'copy'))}           |"
+                f"   {_fmt(ratio(f('padded'), 'eager', 'maskext'))}    {_fmt(ratio(f('padded'), 'torch.compile', 'maskext'))}"
+                f"       | {_fmt(ratio(('backward', sh, dt, 'padded'), 'maskext', 'copy'))}")
+    return lines
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("log_dir")
+    ap.add_argument("--build-seconds", type=int, default=0)
+    ap.add_argument("--total-seconds", type=int, default=0)
+    ap.add_argument("--dry-run", type=int, default=0)
+    a = ap.parse_args()
+    d = a.log_dir
+    env = _read(os.path.join(d, "env.txt"))
+    gpu = re.search(r"NVIDIA [A-Z0-9][^|\n]*?(?=\s{2,}|\|)", env)
+    torch_line = next((ln for ln in env.splitlines() if ln.startswith("torch ")), "torch ?")
+    commit = next((ln for ln in env.splitlines() if ln.startswith("commit ")), "commit ?")
+    rows, device = _softmax_rows(d)
+    print("maskext GPU check" + (" -- DRY RUN on the CPU: no GPU result below" if a.dry_run else ""))
+    print(f"device: {gpu.group(0).strip() if gpu else device or 'unknown'}; {torch_line}; {commit}")
+    print(f"build {a.build_seconds} s; whole run {a.total_seconds} s")
+    print(f"robustness tests: {_last_line(os.path.join(d, 'tests_robustness.log'))}")
+    print(f"tests: {_last_line(os.path.join(d, 'tests.log'))}")
+    for tool in ("memcheck", "racecheck", "synccheck"):
+        p = os.path.join(d, f"sanitizer_{tool}.log")
+        if os.path.exists(p):
+            text = _read(p)
+            errs = re.search(r"ERROR SUMMARY: (\d+) error", text)
+            verdict = (f"{errs.group(1)} errors" if errs else
+                       "ok" if "sanitize_cases: ok" in text else "FAILED or cut short")
+            print(f"sanitizer {tool}: {verdict}")
+    steps = _read(os.path.join(d, "steps.txt"))
+    bad = [ln.strip() for ln in steps.splitlines()
+           if "FAILED" in ln or "time budget spent" in ln or "FINDINGS" in ln]
+    for ln in bad:
+        print(f"step: {ln}")
+    if rows:
+        print("softmax: maskext time / copy floor (lower is better; < 1 is below a copy), and how")
+        print("many times faster maskext is than eager and torch.compile:")
+        for ln in headline(rows):
+            print(ln)
+    else:
+        print("softmax: no benchmark table")
+    print("everything else: gpu_check.tar.gz (logs, CSV, Markdown)")
+
+
+if __name__ == "__main__":
+    main()
