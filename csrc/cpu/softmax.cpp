@@ -116,7 +116,7 @@ inline RowIndex split_row(const SoftmaxArgs& a, int64_t r) {
 
 // Calls body(r, ix, lo, hi) for the rows [r0, r1) in order, each with its
 // visible interval [lo, hi), after prefetch(ix, lo, hi) of the row that comes
-// next (only when it has visible keys). The row index advances without divides.
+// next (when the reads jump to it). The row index advances without divides.
 template <typename P, typename F>
 void for_each_row(const SoftmaxArgs& a, int64_t r0, int64_t r1, P&& prefetch, F&& body) {
   RowIndex ix = split_row(a, r0);
@@ -134,7 +134,10 @@ void for_each_row(const SoftmaxArgs& a, int64_t r0, int64_t r1, P&& prefetch, F&
         }
       }
       row_bounds(a.spec, nx.b, nx.i, nlo, nhi);
-      if (nhi > nlo) prefetch(nx, nlo, nhi);
+      // Only where the read stream jumps (masked keys between this row's last
+      // visible key and the next row's first): full rows stream on their own,
+      // and prefetching them only competes with their loads.
+      if (nhi > nlo && (hi < a.Tk || nlo > 0)) prefetch(nx, nlo, nhi);
     }
     body(r, ix, lo, hi);
     ix = nx;
