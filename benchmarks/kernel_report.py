@@ -1,12 +1,14 @@
 """Static report of the CUDA kernels, no GPU needed: registers, spills and
-shared memory per kernel from ptxas, and the width of their global loads and
-stores from the PTX (16-byte accesses are `v4.u32` / `v4.f32` / `v2.f64`).
+shared memory per kernel from ptxas; from the SASS (what the GPU runs, read
+with the cuobjdump that ships inside triton or the CUDA toolkit) the count of
+global loads and stores by width (128-bit, 64, 32, narrower) and of local
+memory accesses; the occupancy that the registers allow.
 
     python benchmarks/kernel_report.py [--arch 90] [--out DIR]
 
 Uses the nvcc of CUDA_HOME (or the one on PATH) with the flags of the
-extension build. Writes kernel_report.md. A spill or a kernel whose fast path
-has no 16-byte access is flagged.
+extension build. Writes kernel_report.md. Spills and narrow global stores are
+counted in the last line.
 """
 import argparse
 import os
@@ -29,6 +31,60 @@ def nvcc_path():
     if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
         return os.path.join(home, "bin", "nvcc")
     return shutil.which("nvcc")
+
+
+def cuobjdump_path():
+    """cuobjdump of the CUDA toolkit, else the one triton ships (a CUDA torch has it)."""
+    home = os.environ.get("CUDA_HOME")
+    cands = [os.path.join(home, "bin", "cuobjdump")] if home else []
+    cands.append(shutil.which("cuobjdump") or "")
+    try:
+        import triton
+        cands.append(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
+                                  "cuobjdump"))
+    except ImportError:
+        pass
+    return next((c for c in cands if c and os.path.exists(c)), None)
+
+
+# SASS global accesses: LDG.E[.128|.64|.U16|.S16|.U8|.S8][...] and STG.E[...];
+# no width suffix means 32 bits.
+_WIDTH = {"128": "128", "64": "64", "U16": "<32", "S16": "<32", "U8": "<32", "S8": "<32"}
+
+
+def sass_counts(obj):
+    """{mangled kernel name: {"ld128": n, ..., "st<32": n, "local": n}} from the SASS in obj."""
+    tool = cuobjdump_path()
+    if tool is None:
+        return {}
+    text = subprocess.run([tool, "-sass", obj], capture_output=True, text=True).stdout
+    out, cur = {}, None
+    for line in text.splitlines():
+        m = re.search(r"Function : (\S+)", line)
+        if m:
+            cur = out.setdefault(m.group(1), {})
+            continue
+        if cur is None:
+            continue
+        m = re.search(r"\b(LDG|STG)\.E((?:\.\w+)*)", line)
+        if m:
+            width = "32"
+            for tok in m.group(2).split(".")[1:]:
+                width = _WIDTH.get(tok, width)
+            key = ("ld" if m.group(1) == "LDG" else "st") + width
+            cur[key] = cur.get(key, 0) + 1
+        elif re.search(r"\b(LDL|STL)\b", line):
+            cur["local"] = cur.get("local", 0) + 1
+    return out
+
+
+def reg_occupancy(regs):
+    """Warps per SM (of 64 on sm_80/sm_90) that the registers allow: 64K
+    registers, allocated per warp in units of 256."""
+    if not regs:
+        return None
+    per_warp = -(-regs * 32 // 256) * 256
+    return min(64, 65536 // per_warp)
 
 
 def flags(arch):
@@ -71,15 +127,16 @@ def report(src, arch, tmp):
             info[cur]["smem"] = int(smem.group(1)) if smem else 0
         elif cur and "spill" in line:
             info[cur]["spill"] = int(re.search(r"(\d+) bytes spill stores", line).group(1))
-    text = open(ptx).read()
+    sass = sass_counts(os.path.join(tmp, base + ".o"))
     rows = []
-    for body in re.split(r"\.entry\s+", text)[1:]:
-        name = body.split("(", 1)[0]
-        ld = sorted(set(re.findall(r"ld\.global(?:\.nc)?\.(v\d\.\w+)", body)))
-        st = sorted(set(re.findall(r"st\.global\.(v\d\.\w+)", body)))
-        i = info.get(name, {})
+    for name, i in info.items():
+        c = sass.get(name, {})
+        occ = reg_occupancy(i.get("regs"))
+
+        def widths(kind):
+            return "/".join(str(c.get(kind + w, 0)) for w in ("128", "64", "32", "<32"))
         rows.append((os.path.basename(src), demangle(name), i.get("regs"), i.get("spill"), i.get("smem"),
-                     " ".join(ld) or "scalar", " ".join(st) or "scalar"))
+                     f"{occ}/64" if occ else "?", widths("ld"), widths("st"), c.get("local", 0)))
     return sorted(rows)
 
 
@@ -92,16 +149,23 @@ def main():
         sys.exit("kernel_report: nvcc not found (set CUDA_HOME)")
     srcs = sorted(os.path.join(ROOT, "csrc", "cuda", f) for f in os.listdir(os.path.join(ROOT, "csrc", "cuda"))
                   if f.endswith(".cu"))
+    if cuobjdump_path() is None:
+        print("kernel_report: cuobjdump not found: no SASS counts", file=sys.stderr)
     lines = [f"CUDA kernels for sm_{a.arch}, {common.git_commit()}: registers, spill stores (bytes), "
-             "static shared memory (bytes), vector global loads / stores in the PTX.\n",
-             "| file | kernel | regs | spill | smem | vector loads | vector stores |", "|---|---|---|---|---|---|---|"]
-    flagged = 0
+             "static shared memory (bytes), warps per SM the registers allow, and from the SASS the "
+             "number of global load and store instructions by width (128/64/32/narrower bits) "
+             "and of local-memory accesses.\n",
+             "| file | kernel | regs | spill | smem | warps/SM | LDG 128/64/32/<32 | STG 128/64/32/<32 | local |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    spills = narrow = 0
     with tempfile.TemporaryDirectory() as tmp:
         for src in srcs:
             for r in report(src, a.arch, tmp):
                 lines.append("| " + " | ".join(str(c) for c in r) + " |")
-                flagged += bool(r[3])
-    md = "\n".join(lines) + f"\n\n{flagged} kernel(s) spill.\n"
+                spills += bool(r[3])
+                narrow += int(r[7].split("/")[3]) > 0 and "softmax" in r[1]
+    md = "\n".join(lines) + (f"\n\n{spills} kernel(s) spill; {narrow} softmax kernel(s) have global "
+                             "stores narrower than 32 bits.\n")
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "kernel_report.md"), "w") as f:
         f.write(md)
