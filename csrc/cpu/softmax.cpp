@@ -325,9 +325,16 @@ at::Tensor forward_cpu(const at::Tensor& x, const std::optional<at::Tensor>& mas
                        const std::optional<at::Tensor>& bias,
                        const std::optional<at::Tensor>& lengths,
                        const std::optional<at::Tensor>& q_lengths, bool causal,
-                       int64_t window_left, int64_t window_right, double scale) {
+                       int64_t window_left, int64_t window_right, double scale,
+                       const std::optional<at::Tensor>& q_offset,
+                       std::optional<int64_t> q_offset_value,
+                       const std::optional<at::Tensor>& segment_ids, int64_t chunk,
+                       const std::optional<at::Tensor>& prefix_lengths, int64_t prefix_value) {
   auto p = prepare_softmax_forward(LOG ? "masked_log_softmax" : "masked_softmax", x, mask, bias,
-                                   lengths, q_lengths, causal, window_left, window_right, scale);
+                                   mask_desc(lengths, q_lengths, causal, window_left,
+                                             window_right, q_offset, q_offset_value, segment_ids,
+                                             chunk, prefix_lengths, prefix_value),
+                                   scale);
   if (p.out.numel() == 0) return p.out;
   advise_huge_pages(p.out);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_softmax",
@@ -339,10 +346,17 @@ template <bool LOG>
 at::Tensor backward_cpu(const at::Tensor& grad_out, const at::Tensor& out,
                         const std::optional<at::Tensor>& lengths,
                         const std::optional<at::Tensor>& q_lengths, bool causal,
-                        int64_t window_left, int64_t window_right, double scale) {
+                        int64_t window_left, int64_t window_right, double scale,
+                        const std::optional<at::Tensor>& q_offset,
+                        std::optional<int64_t> q_offset_value,
+                        const std::optional<at::Tensor>& segment_ids, int64_t chunk,
+                        const std::optional<at::Tensor>& prefix_lengths, int64_t prefix_value) {
   auto p = prepare_softmax_backward(LOG ? "masked_log_softmax_backward" : "masked_softmax_backward",
-                                    grad_out, out, lengths, q_lengths, causal, window_left,
-                                    window_right, scale);
+                                    grad_out, out,
+                                    mask_desc(lengths, q_lengths, causal, window_left,
+                                              window_right, q_offset, q_offset_value, segment_ids,
+                                              chunk, prefix_lengths, prefix_value),
+                                    scale);
   if (p.out.numel() == 0) return p.out;
   advise_huge_pages(p.out);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(),
