@@ -36,8 +36,9 @@ On CUDA, negative lengths are not looked for where that would cost a host
 sync (they are treated as 0); on the CPU, and wherever ``max_len`` is left
 out, they are an error.
 """
+import dataclasses
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -124,13 +125,66 @@ def _chunk_arg(op: str, chunk) -> int:
     return int(chunk)
 
 
-def _mask_args(op, lengths, q_lengths, causal, window, q_offset, segment_ids, chunk,
-               prefix_lengths):
-    """The one Python place that turns a mask description into the schemas'
-    arguments: (lengths, q_lengths, causal, window_left, window_right) and
-    (q_offset, q_offset_value, segment_ids, chunk, prefix_lengths, prefix_value),
-    the two runs of the schema's mask arguments (``scale`` sits between them in
-    the softmax ops)."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class MaskSpec:
+    """The one Python home of a mask description: which keys each query row
+    sees (one interval per row, DESIGN.md §1). Built once per batch, passed as
+    ``spec=`` to :func:`masked_softmax`, :func:`masked_log_softmax`,
+    :func:`attention_mask` and ``nn.MaskedSoftmax``; the fields mean what the
+    keywords of the same names mean (see this module's docstring), and every op
+    turns it into its schema arguments in one place (``_mask_args``).
+
+    Immutable; ``spec.replace(causal=False)`` gives a changed copy. Tensor
+    fields are not copied. The fields are checked when it is built."""
+
+    lengths: Optional[Tensor] = None
+    q_lengths: Optional[Tensor] = None
+    causal: bool = False
+    window: Optional[Tuple[Optional[int], Optional[int]]] = None
+    q_offset: Union[int, Tensor, None] = None
+    segment_ids: Optional[Tensor] = None
+    chunk: Optional[int] = None
+    prefix_lengths: Union[int, Tensor, None] = None
+
+    def __post_init__(self):
+        if self.window is not None and isinstance(self.window, list):
+            object.__setattr__(self, "window", tuple(self.window))
+        if not isinstance(self.causal, bool):
+            raise ValueError(f"maskext.MaskSpec: causal must be a bool, got {self.causal!r}")
+        _mask_args("MaskSpec", None, *self._fields())  # raises on a bad field
+
+    def _fields(self):
+        return (self.lengths, self.q_lengths, self.causal, self.window, self.q_offset,
+                self.segment_ids, self.chunk, self.prefix_lengths)
+
+    def replace(self, **changes) -> "MaskSpec":
+        return dataclasses.replace(self, **changes)
+
+
+_MASK_KEYWORDS = ("lengths", "q_lengths", "causal", "window", "q_offset", "segment_ids", "chunk",
+                  "prefix_lengths")
+
+
+def _mask_args(op, spec, lengths=None, q_lengths=None, causal=False, window=None, q_offset=None,
+               segment_ids=None, chunk=None, prefix_lengths=None):
+    """The one Python place that turns a mask description (a MaskSpec, or the
+    keywords) into the schemas' arguments: (lengths, q_lengths, causal,
+    window_left, window_right) and (q_offset, q_offset_value, segment_ids, chunk,
+    prefix_lengths, prefix_value), the two runs of the schema's mask arguments
+    (``scale`` sits between them in the softmax ops)."""
+    if spec is not None:
+        if not isinstance(spec, MaskSpec):
+            raise TypeError(f"maskext.{op}: spec must be a maskext.MaskSpec, got "
+                            f"{type(spec).__name__}")
+        given = [name for name, v in zip(_MASK_KEYWORDS, (lengths, q_lengths, causal, window,
+                                                          q_offset, segment_ids, chunk,
+                                                          prefix_lengths))
+                 if v is not None and v is not False]
+        if given:
+            raise ValueError(f"maskext.{op}: give the mask description as spec= or as keywords, "
+                             f"not both (got spec and {', '.join(given)})")
+        lengths, q_lengths, causal, window, q_offset, segment_ids, chunk, prefix_lengths = \
+            spec._fields()
     wl, wr = _window_args(op, window)
     qo, qo_value = _int_or_tensor(op, "q_offset", q_offset, None)
     pl, pl_value = _int_or_tensor(op, "prefix_lengths", prefix_lengths, 0)
@@ -207,7 +261,8 @@ def attention_mask(lengths: Optional[Tensor] = None, *, q_len: int, k_len: int,
                    q_offset=None, segment_ids: Optional[Tensor] = None,
                    chunk: Optional[int] = None, prefix_lengths=None,
                    dtype: torch.dtype = torch.bool,
-                   device: Optional[torch.device] = None) -> Tensor:
+                   device: Optional[torch.device] = None,
+                   spec: Optional[MaskSpec] = None) -> Tensor:
     """``(B, 1, q_len, k_len)`` attention mask, written in one kernel pass.
 
     bool: True = keep. A floating ``dtype`` gives an additive mask: 0 keep,
@@ -215,16 +270,16 @@ def attention_mask(lengths: Optional[Tensor] = None, *, q_len: int, k_len: int,
     and Hugging Face models). ``lengths`` (key padding), ``q_lengths`` (query
     padding), ``causal``, ``window``, ``q_offset``, ``segment_ids``, ``chunk``
     and ``prefix_lengths`` combine as described in this module's docstring,
-    exactly as the softmax ops see them. B comes from the first tensor given
+    exactly as the softmax ops see them (or ``spec``, a :class:`MaskSpec`
+    holding them, ``lengths`` included). B comes from the first tensor given
     (1 without any). The mask is built on that tensor's device, else on
     ``device`` (default CPU). No host sync.
     """
     op = "attention_mask"
-    lengths = _tensor_arg(op, "lengths", lengths)
     q_len = _int_arg(op, "q_len", q_len)
     k_len = _int_arg(op, "k_len", k_len)
-    (_, q_lengths, causal, wl, wr), tail = _mask_args(
-        op, None, q_lengths, causal, window, q_offset, segment_ids, chunk, prefix_lengths)
+    (lengths, q_lengths, causal, wl, wr), tail = _mask_args(
+        op, spec, lengths, q_lengths, causal, window, q_offset, segment_ids, chunk, prefix_lengths)
     given = next((t for t in (lengths, q_lengths, tail[0], tail[2], tail[4]) if t is not None),
                  None)
     if given is not None and device is not None:
@@ -241,10 +296,10 @@ def attention_mask(lengths: Optional[Tensor] = None, *, q_len: int, k_len: int,
 # ---------------------------------------------------------------- masked softmax
 
 def _softmax_args(op, x, mask, lengths, q_lengths, causal, window, scale, bias, q_offset,
-                  segment_ids, chunk, prefix_lengths):
+                  segment_ids, chunk, prefix_lengths, spec):
     """The public arguments, checked, in the op schema's order."""
-    head, tail = _mask_args(op, lengths, q_lengths, causal, window, q_offset, segment_ids, chunk,
-                            prefix_lengths)
+    head, tail = _mask_args(op, spec, lengths, q_lengths, causal, window, q_offset, segment_ids,
+                            chunk, prefix_lengths)
     return (_tensor_arg(op, "x", x, optional=False), _tensor_arg(op, "mask", mask),
             _tensor_arg(op, "bias", bias), *head, 1.0 if scale is None else float(scale), *tail)
 
@@ -254,7 +309,7 @@ def masked_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optiona
                    window: Optional[Sequence[Optional[int]]] = None, scale: Optional[float] = None,
                    bias: Optional[Tensor] = None, q_offset=None,
                    segment_ids: Optional[Tensor] = None, chunk: Optional[int] = None,
-                   prefix_lengths=None) -> Tensor:
+                   prefix_lengths=None, spec: Optional[MaskSpec] = None) -> Tensor:
     """Softmax over the last dim of ``scale * x + bias`` restricted to the visible keys.
 
     The fused replacement for ``(scale * x + bias).masked_fill(~mask, -inf).softmax(-1)``
@@ -264,7 +319,8 @@ def masked_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optiona
       any strides. Output: same shape and dtype, contiguous.
     * ``lengths`` / ``q_lengths`` ``(B,)``, ``causal``, ``window``, ``q_offset``,
       ``segment_ids``, ``chunk``, ``prefix_lengths``: see the module docstring
-      (all but ``lengths`` need ``x`` with a query dim).
+      (all but ``lengths`` need ``x`` with a query dim). ``spec``: a
+      :class:`MaskSpec` holding these instead (not both).
     * ``mask``: bool, broadcastable to ``x``, True = keep; read with broadcast
       strides, never expanded in memory.
     * ``bias``: x's dtype, broadcastable to ``x``, added after ``scale``;
@@ -274,7 +330,7 @@ def masked_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optiona
     Accumulation is in fp32 (fp64 for fp64 inputs).
     """
     args = _softmax_args("masked_softmax", x, mask, lengths, q_lengths, causal, window, scale, bias,
-                         q_offset, segment_ids, chunk, prefix_lengths)
+                         q_offset, segment_ids, chunk, prefix_lengths, spec)
     return _call(_ops.masked_softmax, (x, bias), *args)
 
 
@@ -283,7 +339,8 @@ def masked_log_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Opt
                        window: Optional[Sequence[Optional[int]]] = None,
                        scale: Optional[float] = None, bias: Optional[Tensor] = None,
                        q_offset=None, segment_ids: Optional[Tensor] = None,
-                       chunk: Optional[int] = None, prefix_lengths=None) -> Tensor:
+                       chunk: Optional[int] = None, prefix_lengths=None,
+                       spec: Optional[MaskSpec] = None) -> Tensor:
     """``log_softmax`` over the visible keys; the arguments are those of :func:`masked_softmax`.
 
     Visible positions equal ``log_softmax`` over the visible ones. Masked
@@ -294,7 +351,7 @@ def masked_log_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Opt
     clamped to it and then counts as masked.)
     """
     args = _softmax_args("masked_log_softmax", x, mask, lengths, q_lengths, causal, window, scale,
-                         bias, q_offset, segment_ids, chunk, prefix_lengths)
+                         bias, q_offset, segment_ids, chunk, prefix_lengths, spec)
     return _call(_ops.masked_log_softmax, (x, bias), *args)
 
 

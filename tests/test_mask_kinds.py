@@ -236,3 +236,50 @@ def test_kinds_opcheck_and_compile(device):
     torch.testing.assert_close(y, y2)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
+
+
+# ---------------------------------------------------------------- MaskSpec
+
+def test_mask_spec_is_accepted_everywhere(device):
+    B, Tq, Tk = 3, 4, 9
+    x = torch.randn(B, 2, Tq, Tk, device=device, dtype=f64, requires_grad=True)
+    fields = dict(lengths=torch.tensor([9, 5, 0], device=device),
+                  q_lengths=torch.tensor([4, 2, 3], device=device), causal=True, window=[None, 1],
+                  q_offset=torch.tensor([2, 5, 0], device=device),
+                  segment_ids=rand_segments(B, Tk, device), prefix_lengths=2)
+    spec = maskext.MaskSpec(**fields)
+    assert spec.window == (None, 1)
+    for fn in (maskext.masked_softmax, maskext.masked_log_softmax):
+        y, want = fn(x, spec=spec, scale=0.5), fn(x, scale=0.5, **fields)
+        assert torch.equal(y, want)
+        dy = torch.randn_like(y)
+        assert torch.equal(torch.autograd.grad(y, x, dy)[0], torch.autograd.grad(want, x, dy)[0])
+    assert torch.equal(maskext.attention_mask(q_len=Tq, k_len=Tk, spec=spec),
+                       maskext.attention_mask(q_len=Tq, k_len=Tk, **fields))
+    assert torch.equal(maskext.nn.MaskedSoftmax()(x, spec=spec), maskext.masked_softmax(x, **fields))
+    chunked = spec.replace(chunk=3, prefix_lengths=None)
+    assert chunked.chunk == 3 and spec.chunk is None
+    torch.testing.assert_close(maskext.masked_softmax(x, spec=chunked),
+                               R.masked_softmax(x, **{**fields, "chunk": 3, "prefix_lengths": None}))
+    with pytest.raises(Exception):
+        spec.causal = False  # frozen
+
+    def f(x):
+        return maskext.masked_softmax(x, spec=spec) * 2
+
+    torch.testing.assert_close(torch.compile(f, fullgraph=True)(x), f(x))
+
+
+def test_mask_spec_errors():
+    x = torch.randn(2, 1, 3, 4)
+    spec = maskext.MaskSpec(causal=True)
+    with pytest.raises(ValueError, match=r"masked_softmax: give the mask description as spec= or as keywords, not both \(got spec and lengths, chunk\)"):
+        maskext.masked_softmax(x, spec=spec, lengths=torch.tensor([1, 2]), chunk=2)
+    with pytest.raises(TypeError, match=r"attention_mask: spec must be a maskext.MaskSpec, got dict"):
+        maskext.attention_mask(q_len=3, k_len=4, spec={"causal": True})
+    with pytest.raises(ValueError, match=r"MaskSpec: chunk must be an int > 0 or None, got -1"):
+        maskext.MaskSpec(chunk=-1)
+    with pytest.raises(ValueError, match=r"MaskSpec: window must be a \(left, right\) pair"):
+        maskext.MaskSpec(window=3)
+    with pytest.raises(ValueError, match=r"masked_softmax: give the mask description as spec= or as keywords, not both \(got spec and causal\)"):
+        maskext.nn.MaskedSoftmax(causal=True)(x, spec=spec)
