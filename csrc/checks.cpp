@@ -204,11 +204,14 @@ void fill_layout(const char* op, const at::Tensor& data, const MaskDesc& desc,
 
 SoftmaxProblem prepare_softmax_forward(
     const char* op, const at::Tensor& x, const std::optional<at::Tensor>& mask,
-    const std::optional<at::Tensor>& bias, const MaskDesc& desc, double scale) {
+    const std::optional<at::Tensor>& bias, const MaskDesc& desc, double scale, double softcap) {
   SoftmaxProblem p;
   fill_layout(op, x, desc, "x", p);
   SoftmaxArgs& a = p.args;
   a.scale = scale;
+  TORCH_CHECK(softcap >= 0.0, "maskext::", op, ": softcap must be > 0 (or 0 for none), got ",
+              softcap);
+  a.softcap = softcap;
   if (mask) {
     TORCH_CHECK(mask->scalar_type() == at::kBool, "maskext::", op,
                 ": mask must be a bool tensor (True = keep), got ", mask->scalar_type());

@@ -19,11 +19,12 @@ TORCH_LIBRARY(maskext, m) {
   // description (lengths ... prefix_value) is the same list in every op (the C++
   // MaskDesc; built in Python by ops._mask_args): q_offset is a [B] tensor or
   // q_offset_value an int (neither: Tk - Tq); chunk 0 = none; prefix_lengths a
-  // [B] tensor or prefix_value an int (0 = none).
+  // [B] tensor or prefix_value an int (0 = none). softcap > 0 (forward only): the
+  // score is softcap * tanh(scale * x / softcap), then bias is added; 0 = none.
   m.def("masked_softmax(Tensor x, Tensor? mask, Tensor? bias, Tensor? lengths, "
         "Tensor? q_lengths, bool causal, int window_left, int window_right, float scale, "
         "Tensor? q_offset=None, int? q_offset_value=None, Tensor? segment_ids=None, int chunk=0, "
-        "Tensor? prefix_lengths=None, int prefix_value=0) -> Tensor");
+        "Tensor? prefix_lengths=None, int prefix_value=0, float softcap=0.0) -> Tensor");
   m.def("masked_softmax_backward(Tensor grad_out, Tensor out, Tensor? lengths, "
         "Tensor? q_lengths, bool causal, int window_left, int window_right, float scale, "
         "Tensor? q_offset=None, int? q_offset_value=None, Tensor? segment_ids=None, int chunk=0, "
@@ -31,7 +32,7 @@ TORCH_LIBRARY(maskext, m) {
   m.def("masked_log_softmax(Tensor x, Tensor? mask, Tensor? bias, Tensor? lengths, "
         "Tensor? q_lengths, bool causal, int window_left, int window_right, float scale, "
         "Tensor? q_offset=None, int? q_offset_value=None, Tensor? segment_ids=None, int chunk=0, "
-        "Tensor? prefix_lengths=None, int prefix_value=0) -> Tensor");
+        "Tensor? prefix_lengths=None, int prefix_value=0, float softcap=0.0) -> Tensor");
   m.def("masked_log_softmax_backward(Tensor grad_out, Tensor out, Tensor? lengths, "
         "Tensor? q_lengths, bool causal, int window_left, int window_right, float scale, "
         "Tensor? q_offset=None, int? q_offset_value=None, Tensor? segment_ids=None, int chunk=0, "

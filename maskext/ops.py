@@ -295,13 +295,23 @@ def attention_mask(lengths: Optional[Tensor] = None, *, q_len: int, k_len: int,
 
 # ---------------------------------------------------------------- masked softmax
 
+def _softcap_arg(op: str, softcap) -> float:
+    if softcap is None:
+        return 0.0
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or not softcap > 0 \
+            or not math.isfinite(softcap):
+        raise ValueError(f"maskext.{op}: softcap must be a finite float > 0 or None, got {softcap!r}")
+    return float(softcap)
+
+
 def _softmax_args(op, x, mask, lengths, q_lengths, causal, window, scale, bias, q_offset,
-                  segment_ids, chunk, prefix_lengths, spec):
+                  segment_ids, chunk, prefix_lengths, spec, softcap):
     """The public arguments, checked, in the op schema's order."""
     head, tail = _mask_args(op, spec, lengths, q_lengths, causal, window, q_offset, segment_ids,
                             chunk, prefix_lengths)
     return (_tensor_arg(op, "x", x, optional=False), _tensor_arg(op, "mask", mask),
-            _tensor_arg(op, "bias", bias), *head, 1.0 if scale is None else float(scale), *tail)
+            _tensor_arg(op, "bias", bias), *head, 1.0 if scale is None else float(scale), *tail,
+            _softcap_arg(op, softcap))
 
 
 def masked_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optional[Tensor] = None,
@@ -309,7 +319,8 @@ def masked_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optiona
                    window: Optional[Sequence[Optional[int]]] = None, scale: Optional[float] = None,
                    bias: Optional[Tensor] = None, q_offset=None,
                    segment_ids: Optional[Tensor] = None, chunk: Optional[int] = None,
-                   prefix_lengths=None, spec: Optional[MaskSpec] = None) -> Tensor:
+                   prefix_lengths=None, spec: Optional[MaskSpec] = None,
+                   softcap: Optional[float] = None) -> Tensor:
     """Softmax over the last dim of ``scale * x + bias`` restricted to the visible keys.
 
     The fused replacement for ``(scale * x + bias).masked_fill(~mask, -inf).softmax(-1)``
@@ -321,6 +332,8 @@ def masked_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optiona
       ``segment_ids``, ``chunk``, ``prefix_lengths``: see the module docstring
       (all but ``lengths`` need ``x`` with a query dim). ``spec``: a
       :class:`MaskSpec` holding these instead (not both).
+    * ``softcap`` (float > 0, Gemma 2): the score is ``softcap * tanh(scale * x /
+      softcap)`` before ``bias`` is added, in the same pass; gradient included.
     * ``mask``: bool, broadcastable to ``x``, True = keep; read with broadcast
       strides, never expanded in memory.
     * ``bias``: x's dtype, broadcastable to ``x``, added after ``scale``;
@@ -330,7 +343,7 @@ def masked_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optiona
     Accumulation is in fp32 (fp64 for fp64 inputs).
     """
     args = _softmax_args("masked_softmax", x, mask, lengths, q_lengths, causal, window, scale, bias,
-                         q_offset, segment_ids, chunk, prefix_lengths, spec)
+                         q_offset, segment_ids, chunk, prefix_lengths, spec, softcap)
     return _call(_ops.masked_softmax, (x, bias), *args)
 
 
@@ -340,7 +353,7 @@ def masked_log_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Opt
                        scale: Optional[float] = None, bias: Optional[Tensor] = None,
                        q_offset=None, segment_ids: Optional[Tensor] = None,
                        chunk: Optional[int] = None, prefix_lengths=None,
-                       spec: Optional[MaskSpec] = None) -> Tensor:
+                       spec: Optional[MaskSpec] = None, softcap: Optional[float] = None) -> Tensor:
     """``log_softmax`` over the visible keys; the arguments are those of :func:`masked_softmax`.
 
     Visible positions equal ``log_softmax`` over the visible ones. Masked
@@ -351,7 +364,7 @@ def masked_log_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Opt
     clamped to it and then counts as masked.)
     """
     args = _softmax_args("masked_log_softmax", x, mask, lengths, q_lengths, causal, window, scale,
-                         bias, q_offset, segment_ids, chunk, prefix_lengths, spec)
+                         bias, q_offset, segment_ids, chunk, prefix_lengths, spec, softcap)
     return _call(_ops.masked_log_softmax, (x, bias), *args)
 
 
@@ -401,8 +414,11 @@ def _saved_rows(ctx, n_extra):
 
 def _softmax_setup_context(ctx, inputs, output):
     x, mask, bias, lengths, q_lengths, causal, wl, wr, scale = inputs[:9]
-    _save_rows(ctx, _Rows((lengths, q_lengths, causal, wl, wr), inputs[9:]), output)
-    ctx.scale = scale
+    softcap = inputs[15] if len(inputs) > 15 else 0.0
+    # x is needed only for the softcap's derivative
+    _save_rows(ctx, _Rows((lengths, q_lengths, causal, wl, wr), inputs[9:15]), output,
+               x if softcap > 0 else None)
+    ctx.scale, ctx.softcap = scale, softcap
     ctx.bias_shape = None if bias is None else bias.shape
     ctx.n_inputs = len(inputs)
 
@@ -411,11 +427,22 @@ def _softmax_backward_for(backward_op):
     """Autograd of masked_softmax / masked_log_softmax: the backward op needs only
     the saved output and the row description."""
     def backward(ctx, grad):
-        (y,), rows = _saved_rows(ctx, 1)
-        scale = ctx.scale
+        (y, x), rows = _saved_rows(ctx, 2)
+        scale, softcap = ctx.scale, ctx.softcap
         need_x, need_bias = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
         dx = dbias = None
-        if need_bias:
+        if softcap > 0:
+            # z = c * tanh(scale * x / c) + bias: dz/dx = scale * (1 - tanh^2). dz is 0
+            # outside the visible keys, where x may hold anything (inf, NaN).
+            dz = _call(backward_op, (grad, y), grad, y, *rows.args(1.0))
+            if need_bias:
+                dbias = dz.sum_to_size(ctx.bias_shape)
+            if need_x:
+                acc = _acc_dtype(x.dtype)
+                t = torch.tanh(x.to(acc) * (scale / softcap))
+                dza = dz.to(acc)
+                dx = torch.where(dza == 0, 0.0, dza * (scale * (1 - t * t))).to(x.dtype)
+        elif need_bias:
             # d(loss)/d(scale * x + bias) once; x's gradient is that times scale.
             dz = _call(backward_op, (grad, y), grad, y, *rows.args(1.0))
             dbias = dz.sum_to_size(ctx.bias_shape)
@@ -776,7 +803,8 @@ def _lengths_from_padded_fake(x, pad_value, dim):
 
 def _softmax_fake_for(op):
     def fake(x, mask, bias, lengths, q_lengths, causal, wl, wr, scale, q_offset=None,
-             q_offset_value=None, segment_ids=None, chunk=0, prefix_lengths=None, prefix_value=0):
+             q_offset_value=None, segment_ids=None, chunk=0, prefix_lengths=None, prefix_value=0,
+             softcap=0.0):
         _check_devices(op, "x", x, lengths=lengths, q_lengths=q_lengths, mask=mask, bias=bias,
                        q_offset=q_offset, segment_ids=segment_ids, prefix_lengths=prefix_lengths)
         return _contiguous_empty(x)

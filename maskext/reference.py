@@ -106,23 +106,27 @@ def masked_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optiona
                    q_lengths: Optional[Tensor] = None, causal: bool = False,
                    window: Optional[Sequence[Optional[int]]] = None,
                    scale: Optional[float] = None, bias: Optional[Tensor] = None,
-                   compute_dtype: torch.dtype = torch.float64, **kinds) -> Tensor:
+                   compute_dtype: torch.dtype = torch.float64, softcap: Optional[float] = None,
+                   **kinds) -> Tensor:
     """Computed in ``compute_dtype`` (float64 by default), returned in x's dtype.
     ``kinds``: ``q_offset``, ``segment_ids``, ``chunk``, ``prefix_lengths``, as
-    :func:`visible`.
+    :func:`visible`. ``softcap``: the score is ``softcap * tanh(scale * x /
+    softcap)``, then ``bias`` is added.
 
     NaN: a NaN (or +inf) visible score makes every visible output of its row
     NaN, as ``torch.softmax``; masked positions stay 0 whatever they hold."""
     z, keep = _masked_scores(x, mask, lengths, q_lengths, causal, window, scale, bias,
-                             compute_dtype, kinds)
+                             compute_dtype, kinds, softcap)
     return torch.where(keep, torch.softmax(z, -1), 0.0).to(x.dtype)
 
 
 def _masked_scores(x, mask, lengths, q_lengths, causal, window, scale, bias, compute_dtype,
-                   kinds):
+                   kinds, softcap=None):
     """(scores with masked positions -inf, keep mask); fully masked rows are all
     0 scores (a softmax of them is then NaN-free, for autograd)."""
     z = x.to(compute_dtype) * (1.0 if scale is None else scale)
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
     if x.dim() == 2:
         keep = visible(1, x.shape[-1], lengths, device=x.device)[:, 0, 0, :]
     else:
@@ -144,11 +148,12 @@ def masked_log_softmax(x: Tensor, mask: Optional[Tensor] = None, *,
                        lengths: Optional[Tensor] = None, q_lengths: Optional[Tensor] = None,
                        causal: bool = False, window: Optional[Sequence[Optional[int]]] = None,
                        scale: Optional[float] = None, bias: Optional[Tensor] = None,
-                       compute_dtype: torch.dtype = torch.float64, **kinds) -> Tensor:
+                       compute_dtype: torch.dtype = torch.float64,
+                       softcap: Optional[float] = None, **kinds) -> Tensor:
     """Masked positions and fully masked rows: ``finfo(x.dtype).min``, and so is
     a visible log-probability below it. NaN as in :func:`masked_softmax`."""
     z, keep = _masked_scores(x, mask, lengths, q_lengths, causal, window, scale, bias,
-                             compute_dtype, kinds)
+                             compute_dtype, kinds, softcap)
     lowest = torch.finfo(x.dtype).min
     return torch.where(keep, torch.log_softmax(z, -1).clamp(min=lowest), lowest).to(x.dtype)
 

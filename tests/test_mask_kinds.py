@@ -89,7 +89,7 @@ def test_kinds_low_precision(device, dtype):
     for kw in cases:
         for fn in ("masked_softmax", "masked_log_softmax"):
             got, want = getattr(maskext, fn)(x, **kw), getattr(R, fn)(x, **kw)
-            vis = R.masked_softmax(x, **kw) > 0
+            vis = R.masked_softmax(x.double(), **kw) > 0
             _close(got[vis], want[vis], dtype)
             assert torch.equal(got[~vis], want[~vis])
 
@@ -283,3 +283,74 @@ def test_mask_spec_errors():
         maskext.MaskSpec(window=3)
     with pytest.raises(ValueError, match=r"masked_softmax: give the mask description as spec= or as keywords, not both \(got spec and causal\)"):
         maskext.nn.MaskedSoftmax(causal=True)(x, spec=spec)
+
+
+# ---------------------------------------------------------------- softcap
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, f64])
+@pytest.mark.parametrize("Tk", [7, 97, 1025])
+def test_softcap_matches_reference(device, dtype, Tk):
+    B, Tq = 3, 4
+    x = (torch.randn(B, 2, Tq, Tk, device=device) * 20).to(dtype)
+    x[0, 0, 0, 0], x[0, 1, 0, 1] = float("inf"), float("-inf")  # capped: +-softcap, finite
+    L = torch.tensor([Tk, 2, Tk - 3], device=device)
+    seg = rand_segments(B, Tk, device)
+    cases = [dict(), dict(lengths=L, causal=True, scale=0.5),
+             dict(mask=torch.rand(B, 1, Tq, Tk, device=device) > 0.3,
+                  bias=torch.randn(Tq, Tk, device=device).to(dtype), window=(3, 2)),
+             dict(segment_ids=seg, q_offset=torch.tensor([0, 3, Tk - 4], device=device),
+                  causal=True, prefix_lengths=1, scale=-1.5)]
+    for kw in cases:
+        for softcap in (1.0, 30.0):
+            for fn in ("masked_softmax", "masked_log_softmax"):
+                got = getattr(maskext, fn)(x, softcap=softcap, **kw)
+                want = getattr(R, fn)(x, softcap=softcap, **kw)
+                vis = R.masked_softmax(x.double(), softcap=softcap, **kw) > 0  # fp64: no underflow
+                assert not got.isnan().any()
+                _close(got[vis], want[vis], dtype)
+                assert torch.equal(got[~vis], want[~vis])
+
+
+@pytest.mark.parametrize("fn", [maskext.masked_softmax, maskext.masked_log_softmax],
+                         ids=["softmax", "log_softmax"])
+def test_softcap_gradchecks(device, fn):
+    x = (torch.randn(3, 2, 4, 6, device=device, dtype=f64) * 3).requires_grad_()
+    bias = torch.randn(1, 2, 4, 6, device=device, dtype=f64, requires_grad=True)
+    kw = dict(mask=torch.rand(3, 1, 4, 6, device=device) > 0.2, softcap=2.5, scale=0.7,
+              lengths=torch.tensor([6, 3, 0], device=device), causal=True,
+              segment_ids=torch.tensor([[0, 0, 1, 1, 1, 1]] * 3, device=device))
+    assert torch.autograd.gradcheck(lambda x, b: fn(x, bias=b, **kw), (x, bias))
+    assert torch.autograd.gradgradcheck(lambda x, b: fn(x, bias=b, **kw), (x, bias))
+    assert torch.autograd.gradcheck(lambda x: fn(x, **kw), (x,))
+    dy = torch.randn_like(x)
+    for leaves in ((x,), (x, bias)):
+        b = bias if len(leaves) == 2 else None
+        got = torch.autograd.grad(fn(x, bias=b, **kw), leaves, dy)
+        want = torch.autograd.grad(getattr(R, fn.__name__)(x, bias=b, **kw), leaves, dy)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w)
+
+
+def test_softcap_errors_opcheck_compile(device):
+    x = torch.randn(3, 2, 5, 7, device=device, requires_grad=True)
+    for bad in (0.0, -1.0, float("inf"), "1"):
+        with pytest.raises(ValueError, match=r"masked_softmax: softcap must be a finite float > 0 or None"):
+            maskext.masked_softmax(x, softcap=bad)
+    with pytest.raises(RuntimeError, match=r"masked_log_softmax: softcap must be > 0 \(or 0 for none\), got -2"):
+        torch.ops.maskext.masked_log_softmax(x, None, None, None, None, False, -1, -1, 1.0,
+                                             softcap=-2.0)
+    L = torch.tensor([7, 0, 3], device=device)
+    bias = torch.randn(1, 2, 1, 7, device=device, requires_grad=True)
+    for op in (torch.ops.maskext.masked_softmax, torch.ops.maskext.masked_log_softmax):
+        torch.library.opcheck(op, (x, None, bias, L, None, True, -1, -1, 0.5, None, None, None, 0,
+                                   None, 0, 3.0))
+
+    def f(x, bias):
+        return maskext.masked_softmax(x, lengths=L, causal=True, bias=bias, softcap=3.0) * 2
+
+    dy = torch.randn_like(x)
+    y = torch.compile(f, fullgraph=True)(x, bias)
+    got = torch.autograd.grad(y, (x, bias), dy)
+    want = torch.autograd.grad(f(x, bias), (x, bias), dy)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)

@@ -132,6 +132,8 @@ def softmax_cases(draw):
         kw["bias"] = bias
     if draw(st.booleans()):
         kw["scale"] = draw(st.sampled_from([0.5, 1.7, -1.0]))
+    if draw(st.booleans()):
+        kw["softcap"] = draw(st.sampled_from([0.7, 5.0, 30.0]))
     return x, kw, special
 
 

@@ -90,6 +90,7 @@ struct SoftmaxArgs {
   const void* bias = nullptr;  // optional, x's dtype, broadcast strides
   int64_t bs[4] = {0, 0, 0, 0};
   double scale = 1.0;
+  double softcap = 0.0;  // forward only: > 0 scores become softcap * tanh(scale * x / softcap)
   MASKEXT_HD int64_t rows() const { return B * H * Tq; }
 };
 
@@ -103,7 +104,8 @@ struct SoftmaxProblem {
 // `op` names the op in error messages (masked_softmax or masked_log_softmax).
 SoftmaxProblem prepare_softmax_forward(
     const char* op, const at::Tensor& x, const std::optional<at::Tensor>& mask,
-    const std::optional<at::Tensor>& bias, const MaskDesc& desc, double scale);
+    const std::optional<at::Tensor>& bias, const MaskDesc& desc, double scale,
+    double softcap = 0.0);
 
 SoftmaxProblem prepare_softmax_backward(
     const char* op, const at::Tensor& grad_out, const at::Tensor& out, const MaskDesc& desc,
