@@ -33,14 +33,15 @@ void check_device(const char* op, const char* name, const at::Tensor& t, const c
 }
 
 void check_lengths(const char* op, const char* name, const at::Tensor& lengths,
-                   int64_t B, const char* B_desc, const char* data_name, const at::Tensor& data) {
+                   int64_t B, const char* B_desc, const char* data_name, const at::Tensor& data,
+                   bool allow_negative) {
   TORCH_CHECK(lengths.scalar_type() == at::kInt || lengths.scalar_type() == at::kLong,
               "maskext::", op, ": ", name, " must be an integer tensor (int32 or int64), got ",
               lengths.scalar_type());
   TORCH_CHECK(lengths.dim() == 1 && lengths.size(0) == B, "maskext::", op, ": ", name,
               " must have shape [B] with B = ", B_desc, " = ", B, ", got ", lengths.sizes());
   check_device(op, name, lengths, data_name, data);
-  if (lengths.device().is_cpu()) {  // a plain loop: cheaper than a reduction op
+  if (!allow_negative && lengths.device().is_cpu()) {  // a plain loop: cheaper than a reduction op
     const at::Tensor c = lengths.contiguous();
     for (int64_t b = 0; b < B; ++b) {
       const int64_t v = load_length(c.data_ptr(), c.scalar_type() == at::kLong, b);
@@ -55,32 +56,106 @@ void check_window(const char* op, int64_t window_left, int64_t window_right) {
               window_right, ")");
 }
 
-RowSpec make_row_spec(const std::optional<at::Tensor>& lengths,
-                      const std::optional<at::Tensor>& q_lengths, bool left_pad,
-                      bool causal, int64_t window_left, int64_t window_right,
-                      int64_t q_len, int64_t k_len, HeldLengths& held) {
+MaskDesc mask_desc(const std::optional<at::Tensor>& lengths,
+                   const std::optional<at::Tensor>& q_lengths, bool causal, int64_t window_left,
+                   int64_t window_right, const std::optional<at::Tensor>& q_offset,
+                   std::optional<int64_t> q_offset_value,
+                   const std::optional<at::Tensor>& segment_ids, int64_t chunk,
+                   const std::optional<at::Tensor>& prefix_lengths, int64_t prefix_value) {
+  MaskDesc d;
+  d.lengths = lengths;
+  d.q_lengths = q_lengths;
+  d.causal = causal;
+  d.window_left = window_left;
+  d.window_right = window_right;
+  d.q_offset = q_offset;
+  d.q_offset_value = q_offset_value;
+  d.segment_ids = segment_ids;
+  d.chunk = chunk;
+  d.prefix_lengths = prefix_lengths;
+  d.prefix_value = prefix_value;
+  return d;
+}
+
+void check_mask_desc(const char* op, const MaskDesc& d, int64_t B, const char* B_desc,
+                     int64_t k_len, const char* k_desc, const char* data_name,
+                     const at::Tensor& data) {
+  check_window(op, d.window_left, d.window_right);
+  if (d.lengths) check_lengths(op, "lengths", *d.lengths, B, B_desc, data_name, data);
+  if (d.q_lengths) check_lengths(op, "q_lengths", *d.q_lengths, B, B_desc, data_name, data);
+  TORCH_CHECK(!(d.q_offset && d.q_offset_value), "maskext::", op,
+              ": q_offset must be given as a tensor or as an int, not both");
+  if (d.q_offset) check_lengths(op, "q_offset", *d.q_offset, B, B_desc, data_name, data, true);
+  TORCH_CHECK(d.chunk >= 0, "maskext::", op, ": chunk must be > 0 (or 0 for none), got ", d.chunk);
+  TORCH_CHECK(d.prefix_value >= 0, "maskext::", op, ": prefix_lengths must be >= 0, got ",
+              d.prefix_value);
+  TORCH_CHECK(!(d.prefix_lengths && d.prefix_value != 0), "maskext::", op,
+              ": prefix_lengths must be given as a tensor or as an int, not both");
+  if (d.prefix_lengths) {
+    check_lengths(op, "prefix_lengths", *d.prefix_lengths, B, B_desc, data_name, data);
+  }
+  TORCH_CHECK(!d.has_prefix() || (d.window_left < 0 && d.chunk == 0), "maskext::", op,
+              ": prefix_lengths cannot be combined with a left-bounded window or a chunk (the "
+              "visible keys could be two intervals), got window left = ", d.window_left,
+              ", chunk = ", d.chunk);
+  if (d.segment_ids) {
+    const at::Tensor& s = *d.segment_ids;
+    TORCH_CHECK(s.scalar_type() == at::kInt || s.scalar_type() == at::kLong, "maskext::", op,
+                ": segment_ids must be an integer tensor (int32 or int64), got ", s.scalar_type());
+    TORCH_CHECK(s.dim() == 2 && s.size(0) == B && s.size(1) == k_len, "maskext::", op,
+                ": segment_ids must have shape [B, Tk] with B = ", B_desc, " = ", B,
+                " and Tk = ", k_desc, " = ", k_len, ", got ", s.sizes());
+    check_device(op, "segment_ids", s, data_name, data);
+    if (s.device().is_cpu()) {  // non-decreasing along the keys (not looked for on CUDA: a sync)
+      const at::Tensor c = s.contiguous();
+      const bool is64 = c.scalar_type() == at::kLong;
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t j = 1; j < k_len; ++j) {
+          const int64_t u = load_length(c.data_ptr(), is64, b * k_len + j - 1);
+          const int64_t v = load_length(c.data_ptr(), is64, b * k_len + j);
+          TORCH_CHECK(u <= v, "maskext::", op,
+                      ": segment_ids must be non-decreasing along the keys, got ", u, " then ",
+                      v, " at [", b, ", ", j - 1, ":", j + 1, "]");
+        }
+      }
+    }
+  }
+}
+
+RowSpec make_row_spec(const MaskDesc& d, int64_t q_len, int64_t k_len, HeldLengths& held) {
   RowSpec s;
-  if (lengths) {  // the kernels index lengths[b]: they must be contiguous
-    held.lengths = lengths->contiguous();
-    s.lengths = held.lengths.data_ptr();
-    s.lengths64 = held.lengths.scalar_type() == at::kLong;
-  }
-  if (q_lengths) {
-    held.q_lengths = q_lengths->contiguous();
-    s.q_lengths = held.q_lengths.data_ptr();
-    s.q_lengths64 = held.q_lengths.scalar_type() == at::kLong;
-  }
-  s.left_pad = left_pad;
-  s.causal = causal;
-  // A window side of q_len + k_len or more already reaches past the row (the
-  // query's key position p is in [k_len - q_len, k_len)); clamping keeps
-  // p - left and p + right + 1 in row_bounds() far from int64 overflow, which
-  // window=(None, sys.maxsize) would otherwise cause (undefined behaviour).
-  const int64_t side_max = q_len + k_len;
-  s.window_left = window_left < 0 ? -1 : std::min(window_left, side_max);
-  s.window_right = window_right < 0 ? -1 : std::min(window_right, side_max);
+  // The kernels index these tensors directly: they must be contiguous.
+  auto hold = [](const std::optional<at::Tensor>& t, at::Tensor& slot, const void*& ptr,
+                 bool& is64) {
+    if (!t) return;
+    slot = t->contiguous();
+    ptr = slot.data_ptr();
+    is64 = slot.scalar_type() == at::kLong;
+  };
+  hold(d.lengths, held.lengths, s.lengths, s.lengths64);
+  hold(d.q_lengths, held.q_lengths, s.q_lengths, s.q_lengths64);
+  hold(d.q_offset, held.q_offset, s.q_offset, s.q_offset64);
+  hold(d.segment_ids, held.segment_ids, s.segment_ids, s.segment_ids64);
+  hold(d.prefix_lengths, held.prefix_lengths, s.prefix, s.prefix64);
+  s.left_pad = d.left_pad;
+  s.causal = d.causal;
+  // A window side of q_len + k_len or more already reaches past the row when
+  // the query's key position p is in [k_len - q_len, k_len) (the default
+  // offset); clamping keeps p - left and p + right + 1 in row_bounds() far from
+  // int64 overflow, which window=(None, sys.maxsize) would otherwise cause
+  // (undefined behaviour). With a q_offset, p can be anywhere in
+  // [-kPosMax, kPosMax + q_len]: a side past kPosMax + q_len + k_len reaches
+  // past the row from there too.
+  const bool offset = d.q_offset || d.q_offset_value;
+  const int64_t side_max = offset ? kPosMax + 2 * (q_len + k_len) : q_len + k_len;
+  s.window_left = d.window_left < 0 ? -1 : std::min(d.window_left, side_max);
+  s.window_right = d.window_right < 0 ? -1 : std::min(d.window_right, side_max);
   s.q_len = q_len;
   s.k_len = k_len;
+  s.q_offset_value = d.q_offset_value ? clamp_i64(*d.q_offset_value, -kPosMax, kPosMax)
+                                      : k_len - q_len;
+  s.chunk = std::min(d.chunk, kPosMax);
+  s.prefix_value = d.prefix_value;
   return s;
 }
 
@@ -96,21 +171,20 @@ at::Tensor as_4d(const at::Tensor& t) {
 namespace {
 
 // Shared by forward and backward: the row layout of the (B, ..., Tq, Tk) data.
-void fill_layout(const char* op, const at::Tensor& data, const std::optional<at::Tensor>& lengths,
-                 const std::optional<at::Tensor>& q_lengths, bool causal, int64_t window_left,
-                 int64_t window_right, const char* data_name, SoftmaxProblem& p) {
+void fill_layout(const char* op, const at::Tensor& data, const MaskDesc& desc,
+                 const char* data_name, SoftmaxProblem& p) {
   TORCH_CHECK(is_float_type(data.scalar_type()), "maskext::", op, ": ", data_name,
               " must be float16, bfloat16, float32 or float64, got ", data.scalar_type());
   TORCH_CHECK(data.dim() >= 2, "maskext::", op, ": ", data_name,
               " must have shape (B, Tk) or (B, ..., Tq, Tk), got ", data.sizes());
-  const bool has_q_mask = causal || window_left >= 0 || window_right >= 0 || q_lengths;
-  TORCH_CHECK(!has_q_mask || data.dim() >= 3, "maskext::", op,
-              ": causal, window and q_lengths need a query dim, (B, ..., Tq, Tk); got a 2-D ",
-              data_name, " of shape ", data.sizes());
-  check_window(op, window_left, window_right);
-  const int64_t B = data.size(0);
-  if (lengths) check_lengths(op, "lengths", *lengths, B, "x.size(0)", data_name, data);
-  if (q_lengths) check_lengths(op, "q_lengths", *q_lengths, B, "x.size(0)", data_name, data);
+  TORCH_CHECK(!desc.uses_queries() || data.dim() >= 3, "maskext::", op,
+              ": causal, window, q_lengths, q_offset, segment_ids, chunk and prefix_lengths "
+              "need a query dim, (B, ..., Tq, Tk); got a 2-D ", data_name, " of shape ",
+              data.sizes());
+  const std::string B_desc = std::string(data_name) + ".size(0)";
+  const std::string k_desc = std::string(data_name) + ".size(-1)";
+  check_mask_desc(op, desc, data.size(0), B_desc.c_str(), data.size(-1), k_desc.c_str(),
+                  data_name, data);
 
   p.x4 = as_4d(data.stride(-1) == 1 ? data : data.contiguous());
   SoftmaxArgs& a = p.args;
@@ -121,8 +195,7 @@ void fill_layout(const char* op, const at::Tensor& data, const std::optional<at:
   if (p.x4.stride(3) != 1) p.x4 = p.x4.contiguous();  // size-1 flatten corner cases
   for (int d = 0; d < 3; ++d) a.xs[d] = p.x4.stride(d);
   a.x = p.x4.data_ptr();
-  a.spec = make_row_spec(lengths, q_lengths, false, causal, window_left, window_right, a.Tq, a.Tk,
-                         p.held);
+  a.spec = make_row_spec(desc, a.Tq, a.Tk, p.held);
   p.out = at::empty(data.sizes(), data.options().memory_format(at::MemoryFormat::Contiguous));
   a.out = p.out.data_ptr();
 }
@@ -131,13 +204,14 @@ void fill_layout(const char* op, const at::Tensor& data, const std::optional<at:
 
 SoftmaxProblem prepare_softmax_forward(
     const char* op, const at::Tensor& x, const std::optional<at::Tensor>& mask,
-    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& lengths,
-    const std::optional<at::Tensor>& q_lengths, bool causal, int64_t window_left,
-    int64_t window_right, double scale) {
+    const std::optional<at::Tensor>& bias, const MaskDesc& desc, double scale, double softcap) {
   SoftmaxProblem p;
-  fill_layout(op, x, lengths, q_lengths, causal, window_left, window_right, "x", p);
+  fill_layout(op, x, desc, "x", p);
   SoftmaxArgs& a = p.args;
   a.scale = scale;
+  TORCH_CHECK(softcap >= 0.0, "maskext::", op, ": softcap must be > 0 (or 0 for none), got ",
+              softcap);
+  a.softcap = softcap;
   if (mask) {
     TORCH_CHECK(mask->scalar_type() == at::kBool, "maskext::", op,
                 ": mask must be a bool tensor (True = keep), got ", mask->scalar_type());
@@ -162,15 +236,14 @@ SoftmaxProblem prepare_softmax_forward(
 }
 
 SoftmaxProblem prepare_softmax_backward(
-    const char* op, const at::Tensor& grad_out, const at::Tensor& out,
-    const std::optional<at::Tensor>& lengths, const std::optional<at::Tensor>& q_lengths,
-    bool causal, int64_t window_left, int64_t window_right, double scale) {
+    const char* op, const at::Tensor& grad_out, const at::Tensor& out, const MaskDesc& desc,
+    double scale) {
   check_device(op, "grad_out", grad_out, "out", out);
   TORCH_CHECK(grad_out.sizes() == out.sizes() && grad_out.scalar_type() == out.scalar_type(),
               "maskext::", op, ": grad_out must match out (", out.sizes(), ", ",
               out.scalar_type(), "), got (", grad_out.sizes(), ", ", grad_out.scalar_type(), ")");
   SoftmaxProblem p;
-  fill_layout(op, grad_out, lengths, q_lengths, causal, window_left, window_right, "grad_out", p);
+  fill_layout(op, grad_out, desc, "grad_out", p);
   p.y4 = out.contiguous();
   p.args.y = p.y4.data_ptr();
   p.args.scale = scale;
@@ -199,7 +272,10 @@ IntervalMaskProblem prepare_lengths_to_mask(const at::Tensor& lengths,
   }
   IntervalMaskProblem p;
   p.out = at::empty({lengths.size(0), T}, lengths.options().dtype(dtype));
-  p.args.spec = make_row_spec(lengths, std::nullopt, left_pad, false, -1, -1, 1, T, p.held);
+  MaskDesc d;
+  d.lengths = lengths;
+  d.left_pad = left_pad;
+  p.args.spec = make_row_spec(d, 1, T, p.held);
   p.args.rows = lengths.size(0);
   p.args.cols = T;
   p.args.out = p.out.data_ptr();
@@ -208,26 +284,22 @@ IntervalMaskProblem prepare_lengths_to_mask(const at::Tensor& lengths,
   return p;
 }
 
-IntervalMaskProblem prepare_attention_mask(const at::Tensor& lengths,
-                                           const std::optional<at::Tensor>& q_lengths,
-                                           int64_t q_len, int64_t k_len, bool causal,
-                                           int64_t window_left, int64_t window_right,
-                                           at::ScalarType dtype) {
+IntervalMaskProblem prepare_attention_mask(const at::Tensor& lengths, const MaskDesc& desc,
+                                           int64_t q_len, int64_t k_len, at::ScalarType dtype) {
   const char* op = "attention_mask";
   TORCH_CHECK(lengths.dim() == 1, "maskext::", op, ": lengths must be 1-D, got shape ",
               lengths.sizes());
   const int64_t B = lengths.size(0);
-  check_lengths(op, "lengths", lengths, B, "lengths.size(0)", "lengths", lengths);
-  if (q_lengths) check_lengths(op, "q_lengths", *q_lengths, B, "lengths.size(0)", "lengths", lengths);
   TORCH_CHECK(q_len >= 0 && k_len >= 0, "maskext::", op, ": q_len and k_len must be >= 0, got ",
               q_len, " and ", k_len);
-  check_window(op, window_left, window_right);
+  MaskDesc d = desc;
+  d.lengths = lengths;
+  check_mask_desc(op, d, B, "lengths.size(0)", k_len, "k_len", "lengths", lengths);
   TORCH_CHECK(dtype == at::kBool || is_float_type(dtype), "maskext::", op,
               ": dtype must be bool or a floating type, got ", dtype);
   IntervalMaskProblem p;
   p.out = at::empty({B, 1, q_len, k_len}, lengths.options().dtype(dtype));
-  p.args.spec = make_row_spec(lengths, q_lengths, false, causal, window_left, window_right,
-                              q_len, k_len, p.held);
+  p.args.spec = make_row_spec(d, q_len, k_len, p.held);
   p.args.rows = B * q_len;
   p.args.cols = k_len;
   p.args.out = p.out.data_ptr();
@@ -262,7 +334,10 @@ PaddedProblem prepare_padded(const char* op, const at::Tensor& x, const at::Tens
   a.I = 1;
   for (int64_t k = d + 1; k < x.dim(); ++k) a.I *= x.size(k);
   a.x = p.x4.data_ptr();
-  a.spec = make_row_spec(lengths, std::nullopt, left_pad, false, -1, -1, 1, a.T, p.held);
+  MaskDesc md;
+  md.lengths = lengths;
+  md.left_pad = left_pad;
+  a.spec = make_row_spec(md, 1, a.T, p.held);
   return p;
 }
 
@@ -308,8 +383,7 @@ GateProblem prepare_gate(const char* op, const std::optional<at::Tensor>& x,
     a.T = logits.size(1);
     a.I = logits.numel() / std::max<int64_t>(1, a.B * a.T);
     a.x = g.logits.x4.data_ptr();
-    a.spec = make_row_spec(std::nullopt, std::nullopt, false, false, -1, -1, 1, a.T,
-                           g.logits.held);
+    a.spec = make_row_spec(MaskDesc{}, 1, a.T, g.logits.held);
   }
   if (x) g.x = x->contiguous();
   return g;

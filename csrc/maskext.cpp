@@ -10,22 +10,33 @@ TORCH_LIBRARY(maskext, m) {
   m.def("lengths_to_mask(Tensor lengths, SymInt? max_len, bool left_pad, bool padding, "
         "ScalarType dtype) -> Tensor");
   m.def("attention_mask(Tensor lengths, Tensor? q_lengths, SymInt q_len, SymInt k_len, "
-        "bool causal, int window_left, int window_right, ScalarType dtype) -> Tensor");
+        "bool causal, int window_left, int window_right, ScalarType dtype, "
+        "Tensor? q_offset=None, int? q_offset_value=None, Tensor? segment_ids=None, int chunk=0, "
+        "Tensor? prefix_lengths=None, int prefix_value=0) -> Tensor");
   m.def("mask_to_lengths(Tensor mask) -> Tensor");
   m.def("lengths_from_padded(Tensor x, Scalar pad_value, int dim) -> Tensor");
-  // Masked softmax (csrc/*/softmax.*). window_* = -1 means unbounded.
+  // Masked softmax (csrc/*/softmax.*). window_* = -1 means unbounded. The mask
+  // description (lengths ... prefix_value) is the same list in every op (the C++
+  // MaskDesc; built in Python by ops._mask_args): q_offset is a [B] tensor or
+  // q_offset_value an int (neither: Tk - Tq); chunk 0 = none; prefix_lengths a
+  // [B] tensor or prefix_value an int (0 = none). softcap > 0 (forward only): the
+  // score is softcap * tanh(scale * x / softcap), then bias is added; 0 = none.
   m.def("masked_softmax(Tensor x, Tensor? mask, Tensor? bias, Tensor? lengths, "
-        "Tensor? q_lengths, bool causal, int window_left, int window_right, float scale) "
-        "-> Tensor");
+        "Tensor? q_lengths, bool causal, int window_left, int window_right, float scale, "
+        "Tensor? q_offset=None, int? q_offset_value=None, Tensor? segment_ids=None, int chunk=0, "
+        "Tensor? prefix_lengths=None, int prefix_value=0, float softcap=0.0) -> Tensor");
   m.def("masked_softmax_backward(Tensor grad_out, Tensor out, Tensor? lengths, "
-        "Tensor? q_lengths, bool causal, int window_left, int window_right, float scale) "
-        "-> Tensor");
+        "Tensor? q_lengths, bool causal, int window_left, int window_right, float scale, "
+        "Tensor? q_offset=None, int? q_offset_value=None, Tensor? segment_ids=None, int chunk=0, "
+        "Tensor? prefix_lengths=None, int prefix_value=0) -> Tensor");
   m.def("masked_log_softmax(Tensor x, Tensor? mask, Tensor? bias, Tensor? lengths, "
-        "Tensor? q_lengths, bool causal, int window_left, int window_right, float scale) "
-        "-> Tensor");
+        "Tensor? q_lengths, bool causal, int window_left, int window_right, float scale, "
+        "Tensor? q_offset=None, int? q_offset_value=None, Tensor? segment_ids=None, int chunk=0, "
+        "Tensor? prefix_lengths=None, int prefix_value=0, float softcap=0.0) -> Tensor");
   m.def("masked_log_softmax_backward(Tensor grad_out, Tensor out, Tensor? lengths, "
-        "Tensor? q_lengths, bool causal, int window_left, int window_right, float scale) "
-        "-> Tensor");
+        "Tensor? q_lengths, bool causal, int window_left, int window_right, float scale, "
+        "Tensor? q_offset=None, int? q_offset_value=None, Tensor? segment_ids=None, int chunk=0, "
+        "Tensor? prefix_lengths=None, int prefix_value=0) -> Tensor");
   // Padded data (csrc/*/padding.*): lengths along `dim`. masked_pool mode: 0 sum,
   // 1 mean, 2 max; it returns (B, M, I) for x viewed as (B, M, T, I).
   m.def("fill_padding(Tensor x, Tensor lengths, Scalar value, int dim, bool left_pad) -> Tensor");

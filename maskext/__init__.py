@@ -7,6 +7,7 @@ data's device. Fully masked softmax rows are exactly 0, with gradient 0.
 from . import _loader  # noqa: F401  (loads maskext._C, which registers the ops)
 from . import nn, reference
 from .ops import (
+    MaskSpec,
     attention_mask,
     build_info,
     cuda_built,
@@ -28,6 +29,7 @@ from .ops import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "MaskSpec",
     "attention_mask",
     "build_info",
     "cuda_built",

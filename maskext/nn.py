@@ -10,23 +10,32 @@ from . import ops
 
 class MaskedSoftmax(nn.Module):
     """``maskext.masked_softmax`` as a module: the mask kind (``causal``,
-    ``window``, ``scale``) is fixed at construction, the per-batch parts
-    (``mask``, ``lengths``, ``q_lengths``, ``bias``) are given to ``forward``."""
+    ``window``, ``chunk``, ``scale``) is fixed at construction, the per-batch
+    parts (``mask``, ``lengths``, ``q_lengths``, ``bias``, ``q_offset``,
+    ``segment_ids``, ``prefix_lengths``) are given to ``forward``; or the whole
+    description as ``forward(x, spec=maskext.MaskSpec(...))``, for a module
+    built without ``causal``, ``window`` and ``chunk``."""
 
     def __init__(self, *, causal: bool = False, window: Optional[Sequence[Optional[int]]] = None,
-                 scale: Optional[float] = None):
+                 scale: Optional[float] = None, chunk: Optional[int] = None):
         super().__init__()
         self.causal = causal
         self.window = None if window is None else tuple(window)
         self.scale = scale
+        self.chunk = chunk
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optional[Tensor] = None,
-                q_lengths: Optional[Tensor] = None, bias: Optional[Tensor] = None) -> Tensor:
+                q_lengths: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+                q_offset=None, segment_ids: Optional[Tensor] = None,
+                prefix_lengths=None, spec: Optional[ops.MaskSpec] = None) -> Tensor:
         return ops.masked_softmax(x, mask, lengths=lengths, q_lengths=q_lengths, causal=self.causal,
-                                  window=self.window, scale=self.scale, bias=bias)
+                                  window=self.window, scale=self.scale, bias=bias,
+                                  q_offset=q_offset, segment_ids=segment_ids, chunk=self.chunk,
+                                  prefix_lengths=prefix_lengths, spec=spec)
 
     def extra_repr(self) -> str:
-        return f"causal={self.causal}, window={self.window}, scale={self.scale}"
+        return (f"causal={self.causal}, window={self.window}, scale={self.scale}, "
+                f"chunk={self.chunk}")
 
 
 class MaskGenerator(nn.Module):

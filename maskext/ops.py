@@ -16,6 +16,19 @@ csrc/include/maskext/row_bounds.h):
 * ``window=(left, right)``: query at position ``p`` sees keys
   ``p - left <= j <= p + right`` (flash-attn's ``window_size``); ``None`` for
   one side means unbounded on that side. ``(0, 0)`` sees only itself.
+* ``q_offset`` (int or ``(B,)`` integer tensor): query ``i`` sits at key
+  position ``p = q_offset + i`` instead (static KV caches, chunked prefill);
+  the default is ``Tk - Tq``. ``causal`` and ``window`` are relative to ``p``.
+* ``segment_ids`` ``(B, Tk)`` integer tensor, non-decreasing along the keys
+  (packed documents): the query at ``p`` sees only keys ``j`` with
+  ``segment_ids[b, j] == segment_ids[b, p]``; a query whose ``p`` lies outside
+  ``[0, Tk)`` sees nothing. Non-decreasing ids are checked on the CPU only.
+* ``chunk`` (int > 0, chunked attention): keys with ``j // chunk == p // chunk``.
+* ``prefix_lengths`` (int or ``(B,)`` tensor, prefix-LM): keys
+  ``j < prefix_lengths[b]`` are visible to every query whatever ``causal``,
+  ``window`` and ``chunk`` say (they still obey everything else). A prefix
+  with a left-bounded window or with a chunk could leave two visible
+  intervals: that combination is an error.
 * All of these combine by intersection (AND) with each other and with a
   boolean ``mask`` (True = keep).
 
@@ -23,8 +36,9 @@ On CUDA, negative lengths are not looked for where that would cost a host
 sync (they are treated as 0); on the CPU, and wherever ``max_len`` is left
 out, they are an error.
 """
+import dataclasses
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -90,6 +104,97 @@ def _int_arg(op: str, name: str, value, optional: bool = False) -> Optional[int]
     return int(value)
 
 
+def _int_or_tensor(op: str, name: str, value, minimum: Optional[int]):
+    """(tensor, None) for a tensor, (None, int) for an int, (None, None) for None."""
+    if value is None or isinstance(value, Tensor):
+        return value, None
+    if isinstance(value, torch.SymInt):
+        return None, value
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        what = "an int" if minimum is None else f"an int >= {minimum}"
+        raise ValueError(f"maskext.{op}: {name} must be {what} or a (B,) integer tensor, "
+                         f"got {value!r}")
+    return None, int(value)
+
+
+def _chunk_arg(op: str, chunk) -> int:
+    if chunk is None:
+        return 0
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk <= 0:
+        raise ValueError(f"maskext.{op}: chunk must be an int > 0 or None, got {chunk!r}")
+    return int(chunk)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MaskSpec:
+    """The one Python home of a mask description: which keys each query row
+    sees (one interval per row, DESIGN.md §1). Built once per batch, passed as
+    ``spec=`` to :func:`masked_softmax`, :func:`masked_log_softmax`,
+    :func:`attention_mask` and ``nn.MaskedSoftmax``; the fields mean what the
+    keywords of the same names mean (see this module's docstring), and every op
+    turns it into its schema arguments in one place (``_mask_args``).
+
+    Immutable; ``spec.replace(causal=False)`` gives a changed copy. Tensor
+    fields are not copied. The fields are checked when it is built."""
+
+    lengths: Optional[Tensor] = None
+    q_lengths: Optional[Tensor] = None
+    causal: bool = False
+    window: Optional[Tuple[Optional[int], Optional[int]]] = None
+    q_offset: Union[int, Tensor, None] = None
+    segment_ids: Optional[Tensor] = None
+    chunk: Optional[int] = None
+    prefix_lengths: Union[int, Tensor, None] = None
+
+    def __post_init__(self):
+        if self.window is not None and isinstance(self.window, list):
+            object.__setattr__(self, "window", tuple(self.window))
+        if not isinstance(self.causal, bool):
+            raise ValueError(f"maskext.MaskSpec: causal must be a bool, got {self.causal!r}")
+        _mask_args("MaskSpec", None, *self._fields())  # raises on a bad field
+
+    def _fields(self):
+        return (self.lengths, self.q_lengths, self.causal, self.window, self.q_offset,
+                self.segment_ids, self.chunk, self.prefix_lengths)
+
+    def replace(self, **changes) -> "MaskSpec":
+        return dataclasses.replace(self, **changes)
+
+
+_MASK_KEYWORDS = ("lengths", "q_lengths", "causal", "window", "q_offset", "segment_ids", "chunk",
+                  "prefix_lengths")
+
+
+def _mask_args(op, spec, lengths=None, q_lengths=None, causal=False, window=None, q_offset=None,
+               segment_ids=None, chunk=None, prefix_lengths=None):
+    """The one Python place that turns a mask description (a MaskSpec, or the
+    keywords) into the schemas' arguments: (lengths, q_lengths, causal,
+    window_left, window_right) and (q_offset, q_offset_value, segment_ids, chunk,
+    prefix_lengths, prefix_value), the two runs of the schema's mask arguments
+    (``scale`` sits between them in the softmax ops)."""
+    if spec is not None:
+        if not isinstance(spec, MaskSpec):
+            raise TypeError(f"maskext.{op}: spec must be a maskext.MaskSpec, got "
+                            f"{type(spec).__name__}")
+        given = [name for name, v in zip(_MASK_KEYWORDS, (lengths, q_lengths, causal, window,
+                                                          q_offset, segment_ids, chunk,
+                                                          prefix_lengths))
+                 if v is not None and v is not False]
+        if given:
+            raise ValueError(f"maskext.{op}: give the mask description as spec= or as keywords, "
+                             f"not both (got spec and {', '.join(given)})")
+        lengths, q_lengths, causal, window, q_offset, segment_ids, chunk, prefix_lengths = \
+            spec._fields()
+    wl, wr = _window_args(op, window)
+    qo, qo_value = _int_or_tensor(op, "q_offset", q_offset, None)
+    pl, pl_value = _int_or_tensor(op, "prefix_lengths", prefix_lengths, 0)
+    head = (_tensor_arg(op, "lengths", lengths), _tensor_arg(op, "q_lengths", q_lengths),
+            bool(causal), wl, wr)
+    tail = (qo, qo_value, _tensor_arg(op, "segment_ids", segment_ids), _chunk_arg(op, chunk),
+            pl, 0 if pl_value is None else pl_value)
+    return head, tail
+
+
 def _call(op, differentiable, *args):
     """``op(*args)``. When no gradient can flow (grad mode off, or none of the
     ``differentiable`` tensors requires grad) the op is dispatched below the
@@ -153,50 +258,69 @@ def lengths_from_padded(x: Tensor, pad_value, dim: int = 1) -> Tensor:
 def attention_mask(lengths: Optional[Tensor] = None, *, q_len: int, k_len: int,
                    q_lengths: Optional[Tensor] = None, causal: bool = False,
                    window: Optional[Sequence[Optional[int]]] = None,
+                   q_offset=None, segment_ids: Optional[Tensor] = None,
+                   chunk: Optional[int] = None, prefix_lengths=None,
                    dtype: torch.dtype = torch.bool,
-                   device: Optional[torch.device] = None) -> Tensor:
+                   device: Optional[torch.device] = None,
+                   spec: Optional[MaskSpec] = None) -> Tensor:
     """``(B, 1, q_len, k_len)`` attention mask, written in one kernel pass.
 
     bool: True = keep. A floating ``dtype`` gives an additive mask: 0 keep,
     ``torch.finfo(dtype).min`` masked (for ``F.scaled_dot_product_attention``
     and Hugging Face models). ``lengths`` (key padding), ``q_lengths`` (query
-    padding), ``causal`` and ``window`` combine as described in this module's
-    docstring. Without ``lengths`` and ``q_lengths``, B = 1. The mask is built
-    on the lengths' device, else on ``device`` (default CPU). No host sync.
+    padding), ``causal``, ``window``, ``q_offset``, ``segment_ids``, ``chunk``
+    and ``prefix_lengths`` combine as described in this module's docstring,
+    exactly as the softmax ops see them (or ``spec``, a :class:`MaskSpec`
+    holding them, ``lengths`` included). B comes from the first tensor given
+    (1 without any). The mask is built on that tensor's device, else on
+    ``device`` (default CPU). No host sync.
     """
     op = "attention_mask"
-    lengths = _tensor_arg(op, "lengths", lengths)
-    q_lengths = _tensor_arg(op, "q_lengths", q_lengths)
     q_len = _int_arg(op, "q_len", q_len)
     k_len = _int_arg(op, "k_len", k_len)
-    wl, wr = _window_args(op, window)
-    given = lengths if lengths is not None else q_lengths
+    (lengths, q_lengths, causal, wl, wr), tail = _mask_args(
+        op, spec, lengths, q_lengths, causal, window, q_offset, segment_ids, chunk, prefix_lengths)
+    given = next((t for t in (lengths, q_lengths, tail[0], tail[2], tail[4]) if t is not None),
+                 None)
     if given is not None and device is not None:
         dev = torch.device(device)  # "cuda" names the same device as cuda:0
         if dev.type != given.device.type or dev.index not in (None, given.device.index):
             raise ValueError(f"maskext.{op}: device {dev} differs from the lengths' device {given.device}")
     if lengths is None:
-        B = q_lengths.shape[0] if q_lengths is not None else 1
+        B = given.shape[0] if given is not None else 1
         dev = given.device if given is not None else (device if device is not None else "cpu")
         lengths = torch.full((B,), k_len, dtype=torch.int64, device=dev)
-    return _ops.attention_mask(lengths, q_lengths, q_len, k_len, causal, wl, wr, dtype)
+    return _ops.attention_mask(lengths, q_lengths, q_len, k_len, causal, wl, wr, dtype, *tail)
 
 
 # ---------------------------------------------------------------- masked softmax
 
-def _softmax_args(op, x, mask, lengths, q_lengths, causal, window, scale, bias):
+def _softcap_arg(op: str, softcap) -> float:
+    if softcap is None:
+        return 0.0
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or not softcap > 0 \
+            or not math.isfinite(softcap):
+        raise ValueError(f"maskext.{op}: softcap must be a finite float > 0 or None, got {softcap!r}")
+    return float(softcap)
+
+
+def _softmax_args(op, x, mask, lengths, q_lengths, causal, window, scale, bias, q_offset,
+                  segment_ids, chunk, prefix_lengths, spec, softcap):
     """The public arguments, checked, in the op schema's order."""
-    wl, wr = _window_args(op, window)
+    head, tail = _mask_args(op, spec, lengths, q_lengths, causal, window, q_offset, segment_ids,
+                            chunk, prefix_lengths)
     return (_tensor_arg(op, "x", x, optional=False), _tensor_arg(op, "mask", mask),
-            _tensor_arg(op, "bias", bias), _tensor_arg(op, "lengths", lengths),
-            _tensor_arg(op, "q_lengths", q_lengths), bool(causal), wl, wr,
-            1.0 if scale is None else float(scale))
+            _tensor_arg(op, "bias", bias), *head, 1.0 if scale is None else float(scale), *tail,
+            _softcap_arg(op, softcap))
 
 
 def masked_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optional[Tensor] = None,
                    q_lengths: Optional[Tensor] = None, causal: bool = False,
                    window: Optional[Sequence[Optional[int]]] = None, scale: Optional[float] = None,
-                   bias: Optional[Tensor] = None) -> Tensor:
+                   bias: Optional[Tensor] = None, q_offset=None,
+                   segment_ids: Optional[Tensor] = None, chunk: Optional[int] = None,
+                   prefix_lengths=None, spec: Optional[MaskSpec] = None,
+                   softcap: Optional[float] = None) -> Tensor:
     """Softmax over the last dim of ``scale * x + bias`` restricted to the visible keys.
 
     The fused replacement for ``(scale * x + bias).masked_fill(~mask, -inf).softmax(-1)``
@@ -204,8 +328,12 @@ def masked_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optiona
 
     * ``x``: ``(B, Tk)`` or ``(B, ..., Tq, Tk)``, float16/bfloat16/float32/float64,
       any strides. Output: same shape and dtype, contiguous.
-    * ``lengths`` / ``q_lengths`` ``(B,)``, ``causal``, ``window``: see the module
-      docstring (causal, window and q_lengths need ``x`` with a query dim).
+    * ``lengths`` / ``q_lengths`` ``(B,)``, ``causal``, ``window``, ``q_offset``,
+      ``segment_ids``, ``chunk``, ``prefix_lengths``: see the module docstring
+      (all but ``lengths`` need ``x`` with a query dim). ``spec``: a
+      :class:`MaskSpec` holding these instead (not both).
+    * ``softcap`` (float > 0, Gemma 2): the score is ``softcap * tanh(scale * x /
+      softcap)`` before ``bias`` is added, in the same pass; gradient included.
     * ``mask``: bool, broadcastable to ``x``, True = keep; read with broadcast
       strides, never expanded in memory.
     * ``bias``: x's dtype, broadcastable to ``x``, added after ``scale``;
@@ -214,14 +342,18 @@ def masked_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optiona
     * Fully masked rows are exactly 0 and get gradient 0; masking never makes NaN.
     Accumulation is in fp32 (fp64 for fp64 inputs).
     """
-    args = _softmax_args("masked_softmax", x, mask, lengths, q_lengths, causal, window, scale, bias)
+    args = _softmax_args("masked_softmax", x, mask, lengths, q_lengths, causal, window, scale, bias,
+                         q_offset, segment_ids, chunk, prefix_lengths, spec, softcap)
     return _call(_ops.masked_softmax, (x, bias), *args)
 
 
 def masked_log_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optional[Tensor] = None,
                        q_lengths: Optional[Tensor] = None, causal: bool = False,
                        window: Optional[Sequence[Optional[int]]] = None,
-                       scale: Optional[float] = None, bias: Optional[Tensor] = None) -> Tensor:
+                       scale: Optional[float] = None, bias: Optional[Tensor] = None,
+                       q_offset=None, segment_ids: Optional[Tensor] = None,
+                       chunk: Optional[int] = None, prefix_lengths=None,
+                       spec: Optional[MaskSpec] = None, softcap: Optional[float] = None) -> Tensor:
     """``log_softmax`` over the visible keys; the arguments are those of :func:`masked_softmax`.
 
     Visible positions equal ``log_softmax`` over the visible ones. Masked
@@ -232,34 +364,93 @@ def masked_log_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Opt
     clamped to it and then counts as masked.)
     """
     args = _softmax_args("masked_log_softmax", x, mask, lengths, q_lengths, causal, window, scale,
-                         bias)
+                         bias, q_offset, segment_ids, chunk, prefix_lengths, spec, softcap)
     return _call(_ops.masked_log_softmax, (x, bias), *args)
 
 
+# The schema's mask arguments after scale, with their defaults (a direct call of
+# a torch.ops.maskext op may leave them out).
+_MASK_TAIL_DEFAULTS = (None, None, None, 0, None, 0)
+
+
+class _Rows:
+    """The row description of a softmax op's call, split into the tensors (saved
+    for backward) and the plain values: ``args(scale)`` gives the backward ops'
+    arguments after (grad_out, out)."""
+
+    def __init__(self, head, tail):
+        self.lengths, self.q_lengths, self.causal, self.wl, self.wr = head
+        self.q_offset, self.q_offset_value, self.segment_ids, self.chunk, self.prefix, \
+            self.prefix_value = tuple(tail) + _MASK_TAIL_DEFAULTS[len(tail):]
+
+    def tensors(self):
+        return (self.lengths, self.q_lengths, self.q_offset, self.segment_ids, self.prefix)
+
+    def set_tensors(self, ts):
+        self.lengths, self.q_lengths, self.q_offset, self.segment_ids, self.prefix = ts
+
+    def args(self, scale):
+        return (self.lengths, self.q_lengths, self.causal, self.wl, self.wr, scale, self.q_offset,
+                self.q_offset_value, self.segment_ids, self.chunk, self.prefix, self.prefix_value)
+
+    def trivial(self):
+        return (all(t is None for t in self.tensors()) and not self.causal and self.wl < 0
+                and self.wr < 0 and self.q_offset_value is None and self.chunk == 0
+                and self.prefix_value == 0)
+
+
+def _save_rows(ctx, rows, *extra):
+    ctx.save_for_backward(*extra, *rows.tensors())
+    rows.set_tensors((None,) * 5)  # the saved ones come back from ctx.saved_tensors
+    ctx.rows = rows
+
+
+def _saved_rows(ctx, n_extra):
+    saved = ctx.saved_tensors
+    rows = ctx.rows
+    rows.set_tensors(saved[n_extra:])
+    return saved[:n_extra], rows
+
+
 def _softmax_setup_context(ctx, inputs, output):
-    x, mask, bias, lengths, q_lengths, causal, wl, wr, scale = inputs
-    ctx.save_for_backward(output, lengths, q_lengths)
-    ctx.spec = (causal, wl, wr, scale)
+    x, mask, bias, lengths, q_lengths, causal, wl, wr, scale = inputs[:9]
+    softcap = inputs[15] if len(inputs) > 15 else 0.0
+    # x is needed only for the softcap's derivative
+    _save_rows(ctx, _Rows((lengths, q_lengths, causal, wl, wr), inputs[9:15]), output,
+               x if softcap > 0 else None)
+    ctx.scale, ctx.softcap = scale, softcap
     ctx.bias_shape = None if bias is None else bias.shape
+    ctx.n_inputs = len(inputs)
 
 
 def _softmax_backward_for(backward_op):
     """Autograd of masked_softmax / masked_log_softmax: the backward op needs only
     the saved output and the row description."""
     def backward(ctx, grad):
-        y, lengths, q_lengths = ctx.saved_tensors
-        causal, wl, wr, scale = ctx.spec
+        (y, x), rows = _saved_rows(ctx, 2)
+        scale, softcap = ctx.scale, ctx.softcap
         need_x, need_bias = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
         dx = dbias = None
-        if need_bias:
+        if softcap > 0:
+            # z = c * tanh(scale * x / c) + bias: dz/dx = scale * (1 - tanh^2). dz is 0
+            # outside the visible keys, where x may hold anything (inf, NaN).
+            dz = _call(backward_op, (grad, y), grad, y, *rows.args(1.0))
+            if need_bias:
+                dbias = dz.sum_to_size(ctx.bias_shape)
+            if need_x:
+                acc = _acc_dtype(x.dtype)
+                t = torch.tanh(x.to(acc) * (scale / softcap))
+                dza = dz.to(acc)
+                dx = torch.where(dza == 0, 0.0, dza * (scale * (1 - t * t))).to(x.dtype)
+        elif need_bias:
             # d(loss)/d(scale * x + bias) once; x's gradient is that times scale.
-            dz = _call(backward_op, (grad, y), grad, y, lengths, q_lengths, causal, wl, wr, 1.0)
+            dz = _call(backward_op, (grad, y), grad, y, *rows.args(1.0))
             dbias = dz.sum_to_size(ctx.bias_shape)
             if need_x:
                 dx = dz * scale
         elif need_x:
-            dx = _call(backward_op, (grad, y), grad, y, lengths, q_lengths, causal, wl, wr, scale)
-        return dx, None, dbias, None, None, None, None, None, None
+            dx = _call(backward_op, (grad, y), grad, y, *rows.args(scale))
+        return (dx, None, dbias) + (None,) * (ctx.n_inputs - 3)
     return backward
 
 
@@ -279,16 +470,20 @@ torch.library.register_autograd("maskext::masked_log_softmax",
 # fp32 (fp64 for fp64). Both are restricted to the visible interval, as the
 # kernels are: they never read grad_out or out outside it.
 
-def _visible_like(y: Tensor, lengths, q_lengths, causal: bool, wl: int, wr: int) -> Optional[Tensor]:
+def _visible_like(y: Tensor, rows: "_Rows") -> Optional[Tensor]:
     """bool, broadcastable to y (B, Tk) or (B, ..., Tq, Tk): the keys the
-    kernels' row bounds leave visible; None when every key is."""
-    if lengths is None and q_lengths is None and not causal and wl < 0 and wr < 0:
+    kernels' row bounds leave visible (every kind of the description, through
+    attention_mask: the same row_bounds()); None when every key is."""
+    if rows.trivial():
         return None
     B, Tk = y.shape[0], y.shape[-1]
     Tq = y.shape[-2] if y.dim() > 2 else 1
+    lengths = rows.lengths
     if lengths is None:
         lengths = torch.full((B,), Tk, dtype=torch.int64, device=y.device)
-    vis = _ops.attention_mask(lengths, q_lengths, Tq, Tk, causal, wl, wr, torch.bool)
+    a = rows.args(1.0)
+    vis = _ops.attention_mask(lengths, rows.q_lengths, Tq, Tk, rows.causal, rows.wl, rows.wr,
+                              torch.bool, *a[6:])
     if y.dim() == 2:
         return vis.view(B, Tk)
     return vis.view((B,) + (1,) * (y.dim() - 3) + (Tq, Tk))
@@ -299,22 +494,23 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _softmax_bwd_setup_context(ctx, inputs, output):
-    grad_out, out, lengths, q_lengths, causal, wl, wr, scale = inputs
-    ctx.save_for_backward(grad_out, out, lengths, q_lengths)
-    ctx.spec = (causal, wl, wr, scale)
+    grad_out, out, lengths, q_lengths, causal, wl, wr, scale = inputs[:8]
+    _save_rows(ctx, _Rows((lengths, q_lengths, causal, wl, wr), inputs[8:]), grad_out, out)
+    ctx.scale = scale
+    ctx.n_inputs = len(inputs)
 
 
 def _softmax_double_backward(ctx, v):
     """dx = s * y * (g - D), D = sum_vis(y * g), on the visible interval:
     d/dg = s * y * (v - sum_vis(y * v))  (the backward op applied to v),
     d/dy = s * (v * (g - D) - g * E),  E = sum_vis(y * v)."""
-    g, y, lengths, q_lengths = ctx.saved_tensors
-    causal, wl, wr, scale = ctx.spec
+    (g, y), rows = _saved_rows(ctx, 2)
+    scale = ctx.scale
     dg = dy = None
     if ctx.needs_input_grad[0]:
-        dg = _ops.masked_softmax_backward(v, y, lengths, q_lengths, causal, wl, wr, scale)
+        dg = _ops.masked_softmax_backward(v, y, *rows.args(scale))
     if ctx.needs_input_grad[1]:
-        vis = _visible_like(y, lengths, q_lengths, causal, wl, wr)
+        vis = _visible_like(y, rows)
         acc = _acc_dtype(y.dtype)
         ya, ga, va = y.to(acc), g.to(acc), v.to(acc)
         if vis is not None:
@@ -322,15 +518,15 @@ def _softmax_double_backward(ctx, v):
         D = (ya * ga).sum(-1, keepdim=True)
         E = (ya * va).sum(-1, keepdim=True)
         dy = (scale * (va * (ga - D) - ga * E)).to(y.dtype)
-    return dg, dy, None, None, None, None, None, None
+    return (dg, dy) + (None,) * (ctx.n_inputs - 2)
 
 
 def _log_softmax_double_backward(ctx, v):
     """dx = s * (g - exp(y) * G), G = sum_A(g), on A = visible and y != finfo.min:
     d/dg = s * (v - sum_A(v * exp(y))) on A,   d/dy = -s * v * exp(y) * G on A."""
-    g, y, lengths, q_lengths = ctx.saved_tensors
-    causal, wl, wr, scale = ctx.spec
-    vis = _visible_like(y, lengths, q_lengths, causal, wl, wr)
+    (g, y), rows = _saved_rows(ctx, 2)
+    scale = ctx.scale
+    vis = _visible_like(y, rows)
     active = y != torch.finfo(y.dtype).min
     if vis is not None:
         active = active & vis
@@ -345,7 +541,7 @@ def _log_softmax_double_backward(ctx, v):
     if ctx.needs_input_grad[1]:
         G = torch.where(active, g.to(acc), zero).sum(-1, keepdim=True)
         dy = (-scale * va * p * G).to(y.dtype)
-    return dg, dy, None, None, None, None, None, None
+    return (dg, dy) + (None,) * (ctx.n_inputs - 2)
 
 
 torch.library.register_autograd("maskext::masked_softmax_backward", _softmax_double_backward,
@@ -587,8 +783,11 @@ def _lengths_to_mask_fake(lengths, max_len, left_pad, padding, dtype):
 
 
 @torch.library.register_fake("maskext::attention_mask")
-def _attention_mask_fake(lengths, q_lengths, q_len, k_len, causal, wl, wr, dtype):
-    _check_devices("attention_mask", "lengths", lengths, q_lengths=q_lengths)
+def _attention_mask_fake(lengths, q_lengths, q_len, k_len, causal, wl, wr, dtype, q_offset=None,
+                         q_offset_value=None, segment_ids=None, chunk=0, prefix_lengths=None,
+                         prefix_value=0):
+    _check_devices("attention_mask", "lengths", lengths, q_lengths=q_lengths, q_offset=q_offset,
+                   segment_ids=segment_ids, prefix_lengths=prefix_lengths)
     return lengths.new_empty((lengths.shape[0], 1, q_len, k_len), dtype=dtype)
 
 
@@ -603,16 +802,21 @@ def _lengths_from_padded_fake(x, pad_value, dim):
 
 
 def _softmax_fake_for(op):
-    def fake(x, mask, bias, lengths, q_lengths, causal, wl, wr, scale):
-        _check_devices(op, "x", x, lengths=lengths, q_lengths=q_lengths, mask=mask, bias=bias)
+    def fake(x, mask, bias, lengths, q_lengths, causal, wl, wr, scale, q_offset=None,
+             q_offset_value=None, segment_ids=None, chunk=0, prefix_lengths=None, prefix_value=0,
+             softcap=0.0):
+        _check_devices(op, "x", x, lengths=lengths, q_lengths=q_lengths, mask=mask, bias=bias,
+                       q_offset=q_offset, segment_ids=segment_ids, prefix_lengths=prefix_lengths)
         return _contiguous_empty(x)
     return fake
 
 
 def _softmax_backward_fake_for(op):
-    def fake(grad_out, out, lengths, q_lengths, causal, wl, wr, scale):
+    def fake(grad_out, out, lengths, q_lengths, causal, wl, wr, scale, q_offset=None,
+             q_offset_value=None, segment_ids=None, chunk=0, prefix_lengths=None, prefix_value=0):
         _check_devices(op, "out", out, grad_out=grad_out)
-        _check_devices(op, "grad_out", grad_out, lengths=lengths, q_lengths=q_lengths)
+        _check_devices(op, "grad_out", grad_out, lengths=lengths, q_lengths=q_lengths,
+                       q_offset=q_offset, segment_ids=segment_ids, prefix_lengths=prefix_lengths)
         return _contiguous_empty(grad_out)
     return fake
 

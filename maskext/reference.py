@@ -35,30 +35,52 @@ def lengths_from_padded(x: Tensor, pad_value, dim: int = 1) -> Tensor:
     return (real * steps).amax(-1)
 
 
+def _batch_tensor(v, device):
+    """An int or (B,) tensor as an int64 tensor broadcastable to (B, 1, Tq, Tk)."""
+    if isinstance(v, Tensor):
+        return v.to(device=device, dtype=torch.int64)[:, None, None, None]
+    return torch.tensor(int(v), device=device).view(1, 1, 1, 1)
+
+
 def visible(q_len: int, k_len: int, lengths: Optional[Tensor] = None,
             q_lengths: Optional[Tensor] = None, causal: bool = False,
             window: Optional[Sequence[Optional[int]]] = None,
-            device=None) -> Tensor:
-    """``(B, 1, q_len, k_len)`` bool: which keys each query sees (B = 1 without lengths)."""
-    if lengths is not None:
-        device = lengths.device
-    elif q_lengths is not None:
-        device = q_lengths.device
-    i = torch.arange(q_len, device=device)[:, None]
-    j = torch.arange(k_len, device=device)[None, :]
-    keep = torch.ones(q_len, k_len, dtype=torch.bool, device=device)
-    p = i + (k_len - q_len)  # bottom-right alignment
+            device=None, *, q_offset=None, segment_ids: Optional[Tensor] = None,
+            chunk: Optional[int] = None, prefix_lengths=None) -> Tensor:
+    """``(B, 1, q_len, k_len)`` bool: which keys each query sees (B = 1 without
+    any per-batch tensor)."""
+    for t in (lengths, q_lengths, q_offset, segment_ids, prefix_lengths):
+        if isinstance(t, Tensor):
+            device = t.device
+            break
+    i = torch.arange(q_len, device=device).view(1, 1, q_len, 1)
+    j = torch.arange(k_len, device=device).view(1, 1, 1, k_len)
+    # query i sits at key position p; default: bottom-right alignment
+    p = i + _batch_tensor(k_len - q_len if q_offset is None else q_offset, device)
+    local = torch.ones(1, 1, q_len, k_len, dtype=torch.bool, device=device)
     if causal:
-        keep = keep & (j <= p)
+        local = local & (j <= p)
     if window is not None:
-        # Sides past q_len + k_len reach beyond the row: clamped, so that p + right
-        # cannot wrap around in int64 (window=(None, sys.maxsize)).
-        left, right = (None if w is None else min(w, q_len + k_len) for w in window)
+        # Sides past |p| + q_len + k_len reach beyond the row: clamped, so that p +
+        # right cannot wrap around in int64 (window=(None, sys.maxsize)).
+        big = q_len + k_len + (int(p.abs().max()) if p.numel() else 0)
+        left, right = (None if w is None else min(w, big) for w in window)
         if left is not None:
-            keep = keep & (j >= p - left)
+            local = local & (j >= p - left)
         if right is not None:
-            keep = keep & (j <= p + right)
-    keep = keep[None, None]
+            local = local & (j <= p + right)
+    if chunk is not None:
+        local = local & (torch.div(j, chunk, rounding_mode="floor")
+                         == torch.div(p, chunk, rounding_mode="floor"))
+    if prefix_lengths is not None:
+        local = local | (j < _batch_tensor(prefix_lengths, device))
+    keep = local
+    if segment_ids is not None:
+        seg = segment_ids.to(torch.int64)[:, None, None, :]  # (B, 1, 1, Tk)
+        inside = (p >= 0) & (p < k_len)
+        pc = p.clamp(0, max(k_len - 1, 0)).expand(seg.shape[0], 1, q_len, 1)
+        own = seg.expand(-1, 1, q_len, -1).gather(3, pc) if k_len else pc
+        keep = keep & inside & (seg == own)
     if lengths is not None:
         keep = keep & (j < lengths.to(torch.int64)[:, None, None, None])
     if q_lengths is not None:
@@ -69,8 +91,11 @@ def visible(q_len: int, k_len: int, lengths: Optional[Tensor] = None,
 def attention_mask(lengths: Optional[Tensor] = None, *, q_len: int, k_len: int,
                    q_lengths: Optional[Tensor] = None, causal: bool = False,
                    window: Optional[Sequence[Optional[int]]] = None,
+                   q_offset=None, segment_ids: Optional[Tensor] = None,
+                   chunk: Optional[int] = None, prefix_lengths=None,
                    dtype: torch.dtype = torch.bool, device=None) -> Tensor:
-    keep = visible(q_len, k_len, lengths, q_lengths, causal, window, device)
+    keep = visible(q_len, k_len, lengths, q_lengths, causal, window, device, q_offset=q_offset,
+                   segment_ids=segment_ids, chunk=chunk, prefix_lengths=prefix_lengths)
     if dtype == torch.bool:
         return keep
     zero = torch.zeros((), dtype=dtype, device=keep.device)
@@ -81,24 +106,32 @@ def masked_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optiona
                    q_lengths: Optional[Tensor] = None, causal: bool = False,
                    window: Optional[Sequence[Optional[int]]] = None,
                    scale: Optional[float] = None, bias: Optional[Tensor] = None,
-                   compute_dtype: torch.dtype = torch.float64) -> Tensor:
+                   compute_dtype: torch.dtype = torch.float64, softcap: Optional[float] = None,
+                   **kinds) -> Tensor:
     """Computed in ``compute_dtype`` (float64 by default), returned in x's dtype.
+    ``kinds``: ``q_offset``, ``segment_ids``, ``chunk``, ``prefix_lengths``, as
+    :func:`visible`. ``softcap``: the score is ``softcap * tanh(scale * x /
+    softcap)``, then ``bias`` is added.
 
     NaN: a NaN (or +inf) visible score makes every visible output of its row
     NaN, as ``torch.softmax``; masked positions stay 0 whatever they hold."""
     z, keep = _masked_scores(x, mask, lengths, q_lengths, causal, window, scale, bias,
-                             compute_dtype)
+                             compute_dtype, kinds, softcap)
     return torch.where(keep, torch.softmax(z, -1), 0.0).to(x.dtype)
 
 
-def _masked_scores(x, mask, lengths, q_lengths, causal, window, scale, bias, compute_dtype):
+def _masked_scores(x, mask, lengths, q_lengths, causal, window, scale, bias, compute_dtype,
+                   kinds, softcap=None):
     """(scores with masked positions -inf, keep mask); fully masked rows are all
     0 scores (a softmax of them is then NaN-free, for autograd)."""
     z = x.to(compute_dtype) * (1.0 if scale is None else scale)
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
     if x.dim() == 2:
         keep = visible(1, x.shape[-1], lengths, device=x.device)[:, 0, 0, :]
     else:
-        keep = visible(x.shape[-2], x.shape[-1], lengths, q_lengths, causal, window, x.device)
+        keep = visible(x.shape[-2], x.shape[-1], lengths, q_lengths, causal, window, x.device,
+                       **kinds)
         keep = keep.reshape(keep.shape[:1] + (1,) * (x.dim() - 3) + keep.shape[-2:])
     if mask is not None:
         keep = keep & mask
@@ -115,11 +148,12 @@ def masked_log_softmax(x: Tensor, mask: Optional[Tensor] = None, *,
                        lengths: Optional[Tensor] = None, q_lengths: Optional[Tensor] = None,
                        causal: bool = False, window: Optional[Sequence[Optional[int]]] = None,
                        scale: Optional[float] = None, bias: Optional[Tensor] = None,
-                       compute_dtype: torch.dtype = torch.float64) -> Tensor:
+                       compute_dtype: torch.dtype = torch.float64,
+                       softcap: Optional[float] = None, **kinds) -> Tensor:
     """Masked positions and fully masked rows: ``finfo(x.dtype).min``, and so is
     a visible log-probability below it. NaN as in :func:`masked_softmax`."""
     z, keep = _masked_scores(x, mask, lengths, q_lengths, causal, window, scale, bias,
-                             compute_dtype)
+                             compute_dtype, kinds, softcap)
     lowest = torch.finfo(x.dtype).min
     return torch.where(keep, torch.log_softmax(z, -1).clamp(min=lowest), lowest).to(x.dtype)
 

@@ -47,6 +47,30 @@ def _window_side(draw, T):
     return draw(st.one_of(st.none(), st.integers(0, T + 2), st.just(2**62)))
 
 
+def _int_or_batch(draw, B, lo, hi):
+    """An int in [lo, hi] or a (B,) int32/int64 tensor of such values."""
+    if draw(st.booleans()):
+        return draw(st.integers(lo, hi))
+    values = draw(st.lists(st.integers(lo, hi), min_size=B, max_size=B))
+    return torch.tensor(values, dtype=draw(st.sampled_from([torch.int64, torch.int32]))).reshape(B)
+
+
+def _kinds(draw, B, Tq, Tk, gen, kw):
+    """Adds to kw some of the issue-12 kinds: q_offset, segment_ids, chunk,
+    prefix_lengths (a prefix never with a left-bounded window or a chunk: an error)."""
+    if draw(st.booleans()):
+        kw["q_offset"] = _int_or_batch(draw, B, -3, Tk + 3)
+    if draw(st.booleans()):
+        ids = (torch.rand(B, Tk, generator=gen) < draw(st.sampled_from([0.2, 0.5]))).cumsum(-1)
+        kw["segment_ids"] = ids.to(draw(st.sampled_from([torch.int64, torch.int32])))
+    if draw(st.booleans()):
+        kw["chunk"] = draw(st.integers(1, 4))
+    elif draw(st.booleans()):
+        kw["prefix_lengths"] = _int_or_batch(draw, B, 0, Tk + 2)
+        if kw.get("window") is not None:
+            kw["window"] = (None, kw["window"][1])
+
+
 def _broadcast_shape(draw, shape):
     """A shape that broadcasts to `shape`: some dims 1, some leading dims dropped."""
     full = tuple(d if draw(st.booleans()) else 1 for d in shape)
@@ -96,6 +120,7 @@ def softmax_cases(draw):
         kw["causal"] = draw(st.booleans())
         if draw(st.booleans()):
             kw["window"] = (_window_side(draw, Tk), _window_side(draw, Tk))
+        _kinds(draw, B, Tq, Tk, gen, kw)
     if draw(st.booleans()):
         kw["mask"] = torch.rand(_broadcast_shape(draw, shape), generator=gen) > 0.3
     if draw(st.booleans()):
@@ -107,6 +132,8 @@ def softmax_cases(draw):
         kw["bias"] = bias
     if draw(st.booleans()):
         kw["scale"] = draw(st.sampled_from([0.5, 1.7, -1.0]))
+    if draw(st.booleans()):
+        kw["softcap"] = draw(st.sampled_from([0.7, 5.0, 30.0]))
     return x, kw, special
 
 
@@ -177,6 +204,9 @@ def test_attention_mask_matches_reference(device, data, q_len, k_len, dtype):
         kw["q_lengths"] = _lengths(data.draw, B, q_len).to(device)
     if data.draw(st.booleans()):
         kw["window"] = (_window_side(data.draw, k_len), _window_side(data.draw, k_len))
+    kinds = {}
+    _kinds(data.draw, B, q_len, k_len, torch.Generator().manual_seed(q_len * 10 + k_len), kinds)
+    kw.update(_to(kinds, device))
     got = maskext.attention_mask(q_len=q_len, k_len=k_len, dtype=dtype, device=device, **kw)
     want = R.attention_mask(q_len=q_len, k_len=k_len, dtype=dtype, device=device, **kw)
     assert torch.equal(got, want)

@@ -267,7 +267,7 @@ def test_errors(device):
         maskext.masked_softmax(x, bias=torch.ones(5, dtype=torch.float64, device=device))
     with pytest.raises(RuntimeError, match=r"masked_softmax: bias of shape \[4\] does not broadcast"):
         maskext.masked_softmax(x, bias=torch.ones(4, device=device))
-    with pytest.raises(RuntimeError, match=r"masked_softmax: causal, window and q_lengths need a query dim, \(B, \.\.\., Tq, Tk\); got a 2-D x of shape \[4, 5\]"):
+    with pytest.raises(RuntimeError, match=r"masked_softmax: causal, window, q_lengths, q_offset, segment_ids, chunk and prefix_lengths need a query dim, \(B, \.\.\., Tq, Tk\); got a 2-D x of shape \[4, 5\]"):
         maskext.masked_softmax(x[:, 0, 0], causal=True)
     with pytest.raises(RuntimeError, match=r"masked_softmax: x must be float16, bfloat16, float32 or float64, got Long"):
         maskext.masked_softmax(x.long())

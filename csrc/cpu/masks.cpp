@@ -42,9 +42,17 @@ at::Tensor lengths_to_mask_cpu(const at::Tensor& lengths, std::optional<int64_t>
 
 at::Tensor attention_mask_cpu(const at::Tensor& lengths, const std::optional<at::Tensor>& q_lengths,
                               int64_t q_len, int64_t k_len, bool causal, int64_t window_left,
-                              int64_t window_right, at::ScalarType dtype) {
-  auto p = prepare_attention_mask(lengths, q_lengths, q_len, k_len, causal, window_left,
-                                  window_right, dtype);
+                              int64_t window_right, at::ScalarType dtype,
+                               const std::optional<at::Tensor>& q_offset,
+                               std::optional<int64_t> q_offset_value,
+                               const std::optional<at::Tensor>& segment_ids, int64_t chunk,
+                               const std::optional<at::Tensor>& prefix_lengths,
+                               int64_t prefix_value) {
+  auto p = prepare_attention_mask(
+      lengths,
+      mask_desc(std::nullopt, q_lengths, causal, window_left, window_right, q_offset,
+                q_offset_value, segment_ids, chunk, prefix_lengths, prefix_value),
+      q_len, k_len, dtype);
   advise_huge_pages(p.out);
   write_interval_mask_cpu(p.args, dtype);
   return p.out;

@@ -156,6 +156,8 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
   const auto* bias = static_cast<const scalar_t*>(a.bias);
   auto* out = static_cast<scalar_t*>(a.out);
   const acc_t scale = static_cast<acc_t>(a.scale);
+  const acc_t softcap = static_cast<acc_t>(a.softcap);
+  const acc_t inv_cap = a.softcap > 0 ? static_cast<acc_t>(1.0 / a.softcap) : acc_t(0);
   const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
   // -inf and finfo(dtype).min in the bias mean "masked" (additive-mask convention).
   const acc_t bias_min = static_cast<acc_t>(std::numeric_limits<scalar_t>::lowest());
@@ -181,6 +183,11 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
       acc_t* z = zbuf.data();
       const scalar_t* xr = x_row(ix) + lo;
       acc_t mx = scale_max(to_acc(xr, cbuf.data(), n), z, n, scale);
+      if (softcap > acc_t(0)) {  // z = softcap * tanh(z / softcap): monotonic, so the max maps too
+        at::vec::map([softcap, inv_cap](Vec v) { return (v * Vec(inv_cap)).tanh() * Vec(softcap); },
+                     z, z, n);
+        mx = softcap * std::tanh(mx * inv_cap);
+      }
       if (bias != nullptr) {
         const int64_t bo = ix.b * a.bs[0] + ix.h * a.bs[1] + ix.i * a.bs[2];
         if (a.bs[3] == 1) {  // a bias row in memory: vector adds
@@ -328,9 +335,17 @@ at::Tensor forward_cpu(const at::Tensor& x, const std::optional<at::Tensor>& mas
                        const std::optional<at::Tensor>& bias,
                        const std::optional<at::Tensor>& lengths,
                        const std::optional<at::Tensor>& q_lengths, bool causal,
-                       int64_t window_left, int64_t window_right, double scale) {
+                       int64_t window_left, int64_t window_right, double scale,
+                       const std::optional<at::Tensor>& q_offset,
+                       std::optional<int64_t> q_offset_value,
+                       const std::optional<at::Tensor>& segment_ids, int64_t chunk,
+                       const std::optional<at::Tensor>& prefix_lengths, int64_t prefix_value,
+                       double softcap) {
   auto p = prepare_softmax_forward(LOG ? "masked_log_softmax" : "masked_softmax", x, mask, bias,
-                                   lengths, q_lengths, causal, window_left, window_right, scale);
+                                   mask_desc(lengths, q_lengths, causal, window_left,
+                                             window_right, q_offset, q_offset_value, segment_ids,
+                                             chunk, prefix_lengths, prefix_value),
+                                   scale, softcap);
   if (p.out.numel() == 0) return p.out;
   advise_huge_pages(p.out);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_softmax",
@@ -342,10 +357,17 @@ template <bool LOG>
 at::Tensor backward_cpu(const at::Tensor& grad_out, const at::Tensor& out,
                         const std::optional<at::Tensor>& lengths,
                         const std::optional<at::Tensor>& q_lengths, bool causal,
-                        int64_t window_left, int64_t window_right, double scale) {
+                        int64_t window_left, int64_t window_right, double scale,
+                        const std::optional<at::Tensor>& q_offset,
+                        std::optional<int64_t> q_offset_value,
+                        const std::optional<at::Tensor>& segment_ids, int64_t chunk,
+                        const std::optional<at::Tensor>& prefix_lengths, int64_t prefix_value) {
   auto p = prepare_softmax_backward(LOG ? "masked_log_softmax_backward" : "masked_softmax_backward",
-                                    grad_out, out, lengths, q_lengths, causal, window_left,
-                                    window_right, scale);
+                                    grad_out, out,
+                                    mask_desc(lengths, q_lengths, causal, window_left,
+                                              window_right, q_offset, q_offset_value, segment_ids,
+                                              chunk, prefix_lengths, prefix_value),
+                                    scale);
   if (p.out.numel() == 0) return p.out;
   advise_huge_pages(p.out);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(),

@@ -123,6 +123,10 @@ __global__ void __launch_bounds__(BLOCK) softmax_forward_kernel(SoftmaxArgs a) {
   const T* bias = static_cast<const T*>(a.bias);
   T* out = static_cast<T*>(a.out);
   const acc_t scale = static_cast<acc_t>(a.scale);
+  const acc_t softcap = static_cast<acc_t>(a.softcap);
+  const acc_t inv_cap = a.softcap > 0 ? static_cast<acc_t>(1.0 / a.softcap) : acc_t(0);
+  // The score of a scaled input: softcap * tanh(v / softcap) when softcap > 0.
+  auto cap = [&](acc_t v) -> acc_t { return softcap > acc_t(0) ? softcap * tanh(v * inv_cap) : v; };
   const acc_t bias_min = static_cast<acc_t>(std::numeric_limits<T>::lowest());
   const T masked = LOG ? std::numeric_limits<T>::lowest() : T(0);
   const int tid = threadIdx.x % THREADS;
@@ -143,7 +147,7 @@ __global__ void __launch_bounds__(BLOCK) softmax_forward_kernel(SoftmaxArgs a) {
     const int64_t mo = p.b * a.ms[0] + p.h * a.ms[1] + p.i * a.ms[2];
     const int64_t bo = p.b * a.bs[0] + p.h * a.bs[1] + p.i * a.bs[2];
     auto score = [&](int64_t j) -> acc_t {
-      acc_t z = static_cast<acc_t>(xr[j]) * scale;
+      acc_t z = cap(static_cast<acc_t>(xr[j]) * scale);
       if constexpr (GENERAL) {
         if (a.mask != nullptr && !a.mask[mo + j * a.ms[3]]) return kNegInf;
         if (bias != nullptr) {
@@ -168,7 +172,7 @@ __global__ void __launch_bounds__(BLOCK) softmax_forward_kernel(SoftmaxArgs a) {
                      [&](int64_t k) {
                        const Pack pk = *reinterpret_cast<const Pack*>(xr + lo + k);
 #pragma unroll
-                       for (int e = 0; e < VEC; ++e) ms.add(static_cast<acc_t>(pk.v[e]) * scale);
+                       for (int e = 0; e < VEC; ++e) ms.add(cap(static_cast<acc_t>(pk.v[e]) * scale));
                      });
     }
     ms = row_reduce<THREADS>(ms);
@@ -204,7 +208,7 @@ __global__ void __launch_bounds__(BLOCK) softmax_forward_kernel(SoftmaxArgs a) {
             const Pack in = *reinterpret_cast<const Pack*>(xr + lo + k);
             Pack res;
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) res.v[e] = finish(static_cast<acc_t>(in.v[e]) * scale);
+            for (int e = 0; e < VEC; ++e) res.v[e] = finish(cap(static_cast<acc_t>(in.v[e]) * scale));
             *reinterpret_cast<Pack*>(o + lo + k) = res;
           });
     }
@@ -319,9 +323,17 @@ at::Tensor forward_cuda(const at::Tensor& x, const std::optional<at::Tensor>& ma
                         const std::optional<at::Tensor>& bias,
                         const std::optional<at::Tensor>& lengths,
                         const std::optional<at::Tensor>& q_lengths, bool causal,
-                        int64_t window_left, int64_t window_right, double scale) {
+                        int64_t window_left, int64_t window_right, double scale,
+                        const std::optional<at::Tensor>& q_offset,
+                        std::optional<int64_t> q_offset_value,
+                        const std::optional<at::Tensor>& segment_ids, int64_t chunk,
+                        const std::optional<at::Tensor>& prefix_lengths, int64_t prefix_value,
+                       double softcap) {
   auto p = prepare_softmax_forward(LOG ? "masked_log_softmax" : "masked_softmax", x, mask, bias,
-                                   lengths, q_lengths, causal, window_left, window_right, scale);
+                                   mask_desc(lengths, q_lengths, causal, window_left,
+                                             window_right, q_offset, q_offset_value, segment_ids,
+                                             chunk, prefix_lengths, prefix_value),
+                                   scale, softcap);
   if (p.out.numel() == 0) return p.out;
   const c10::cuda::CUDAGuard guard(x.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
@@ -339,10 +351,17 @@ template <bool LOG>
 at::Tensor backward_cuda(const at::Tensor& grad_out, const at::Tensor& out,
                          const std::optional<at::Tensor>& lengths,
                          const std::optional<at::Tensor>& q_lengths, bool causal,
-                         int64_t window_left, int64_t window_right, double scale) {
+                         int64_t window_left, int64_t window_right, double scale,
+                        const std::optional<at::Tensor>& q_offset,
+                        std::optional<int64_t> q_offset_value,
+                        const std::optional<at::Tensor>& segment_ids, int64_t chunk,
+                        const std::optional<at::Tensor>& prefix_lengths, int64_t prefix_value) {
   auto p = prepare_softmax_backward(LOG ? "masked_log_softmax_backward" : "masked_softmax_backward",
-                                    grad_out, out, lengths, q_lengths, causal, window_left,
-                                    window_right, scale);
+                                    grad_out, out,
+                                    mask_desc(lengths, q_lengths, causal, window_left,
+                                              window_right, q_offset, q_offset_value, segment_ids,
+                                              chunk, prefix_lengths, prefix_value),
+                                    scale);
   if (p.out.numel() == 0) return p.out;
   const c10::cuda::CUDAGuard guard(out.device());
   auto stream = c10::cuda::getCurrentCUDAStream();

@@ -16,27 +16,62 @@ void check_device(const char* op, const char* name, const at::Tensor& t, const c
                   const at::Tensor& ref);
 
 // `lengths` must be a 1-D int32/int64 tensor of shape [B] on the device of
-// `data` (named `data_name`). Negative values are an error; they are looked
-// for on CPU tensors only, since on CUDA that would cost a host sync (the
-// kernels clamp them to 0).
+// `data` (named `data_name`). Negative values are an error (unless
+// `allow_negative`); they are looked for on CPU tensors only, since on CUDA that
+// would cost a host sync (the kernels clamp them to 0).
 void check_lengths(const char* op, const char* name, const at::Tensor& lengths,
-                   int64_t B, const char* B_desc, const char* data_name, const at::Tensor& data);
+                   int64_t B, const char* B_desc, const char* data_name, const at::Tensor& data,
+                   bool allow_negative = false);
 
 // Error unless window values are -1 (unbounded) or >= 0.
 void check_window(const char* op, int64_t window_left, int64_t window_right);
 
-// The (contiguous) length tensors a RowSpec points into; keep it alive as long
-// as the spec is used.
-struct HeldLengths {
-  at::Tensor lengths, q_lengths;
+// The whole mask description of the schemas: what row_bounds() turns into
+// [lo, hi) per row. maskext/ops.py (_mask_args) builds the same list from a
+// MaskSpec or the keywords.
+struct MaskDesc {
+  std::optional<at::Tensor> lengths, q_lengths;
+  bool left_pad = false;
+  bool causal = false;
+  int64_t window_left = -1, window_right = -1;  // -1 = unbounded
+  std::optional<at::Tensor> q_offset;          // [B], or
+  std::optional<int64_t> q_offset_value;       // an int (none: k_len - q_len)
+  std::optional<at::Tensor> segment_ids;       // [B, k_len]
+  int64_t chunk = 0;                           // 0 = none
+  std::optional<at::Tensor> prefix_lengths;    // [B], or
+  int64_t prefix_value = 0;                    // an int (0 = none)
+  // Anything that needs a query dim (all but lengths and left_pad).
+  bool uses_queries() const {
+    return causal || window_left >= 0 || window_right >= 0 || q_lengths || q_offset ||
+           q_offset_value || segment_ids || chunk != 0 || prefix_lengths || prefix_value != 0;
+  }
+  bool has_prefix() const { return prefix_lengths.has_value() || prefix_value > 0; }
 };
 
-// Builds the row description for a (B, q_len, k_len) problem. Lengths of any
-// strides are accepted: contiguous copies, when needed, go into `held`.
-RowSpec make_row_spec(const std::optional<at::Tensor>& lengths,
-                      const std::optional<at::Tensor>& q_lengths, bool left_pad,
-                      bool causal, int64_t window_left, int64_t window_right,
-                      int64_t q_len, int64_t k_len, HeldLengths& held);
+// The schema's mask arguments, in their order, as a MaskDesc.
+MaskDesc mask_desc(const std::optional<at::Tensor>& lengths,
+                   const std::optional<at::Tensor>& q_lengths, bool causal, int64_t window_left,
+                   int64_t window_right, const std::optional<at::Tensor>& q_offset,
+                   std::optional<int64_t> q_offset_value,
+                   const std::optional<at::Tensor>& segment_ids, int64_t chunk,
+                   const std::optional<at::Tensor>& prefix_lengths, int64_t prefix_value);
+
+// Checks every part of `d` for a problem of B (named `B_desc`) batch elements
+// and k_len keys, with data `data` (named `data_name`, for devices).
+void check_mask_desc(const char* op, const MaskDesc& d, int64_t B, const char* B_desc,
+                     int64_t k_len, const char* k_desc, const char* data_name,
+                     const at::Tensor& data);
+
+// The (contiguous) tensors a RowSpec points into; keep it alive as long as the
+// spec is used.
+struct HeldLengths {
+  at::Tensor lengths, q_lengths, q_offset, segment_ids, prefix_lengths;
+};
+
+// The one place that builds the kernels' row description for a (B, q_len, k_len)
+// problem from a (checked) MaskDesc. Tensors of any strides are accepted:
+// contiguous copies, when needed, go into `held`.
+RowSpec make_row_spec(const MaskDesc& d, int64_t q_len, int64_t k_len, HeldLengths& held);
 
 // (B, ..., Tq, Tk) viewed as (B, H, Tq, Tk): a view whenever the middle dims
 // can be merged, a copy otherwise. 2-D (B, Tk) becomes (B, 1, 1, Tk).
@@ -55,6 +90,7 @@ struct SoftmaxArgs {
   const void* bias = nullptr;  // optional, x's dtype, broadcast strides
   int64_t bs[4] = {0, 0, 0, 0};
   double scale = 1.0;
+  double softcap = 0.0;  // forward only: > 0 scores become softcap * tanh(scale * x / softcap)
   MASKEXT_HD int64_t rows() const { return B * H * Tq; }
 };
 
@@ -68,14 +104,12 @@ struct SoftmaxProblem {
 // `op` names the op in error messages (masked_softmax or masked_log_softmax).
 SoftmaxProblem prepare_softmax_forward(
     const char* op, const at::Tensor& x, const std::optional<at::Tensor>& mask,
-    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& lengths,
-    const std::optional<at::Tensor>& q_lengths, bool causal, int64_t window_left,
-    int64_t window_right, double scale);
+    const std::optional<at::Tensor>& bias, const MaskDesc& desc, double scale,
+    double softcap = 0.0);
 
 SoftmaxProblem prepare_softmax_backward(
-    const char* op, const at::Tensor& grad_out, const at::Tensor& out,
-    const std::optional<at::Tensor>& lengths, const std::optional<at::Tensor>& q_lengths,
-    bool causal, int64_t window_left, int64_t window_right, double scale);
+    const char* op, const at::Tensor& grad_out, const at::Tensor& out, const MaskDesc& desc,
+    double scale);
 
 // Interval-mask materialisation (lengths_to_mask, attention_mask): rows of
 // `out` (rows x cols, contiguous) get `keep` inside [lo, hi) and `masked`
@@ -97,11 +131,8 @@ IntervalMaskProblem prepare_lengths_to_mask(const at::Tensor& lengths,
                                             std::optional<int64_t> max_len, bool left_pad,
                                             bool padding, at::ScalarType dtype);
 
-IntervalMaskProblem prepare_attention_mask(const at::Tensor& lengths,
-                                           const std::optional<at::Tensor>& q_lengths,
-                                           int64_t q_len, int64_t k_len, bool causal,
-                                           int64_t window_left, int64_t window_right,
-                                           at::ScalarType dtype);
+IntervalMaskProblem prepare_attention_mask(const at::Tensor& lengths, const MaskDesc& desc,
+                                           int64_t q_len, int64_t k_len, at::ScalarType dtype);
 
 // Data padded along `dim` (B, ..., T, ...), viewed contiguous as (B, M, T, I):
 // M = the dims between the batch and `dim`, I = the dims after it.

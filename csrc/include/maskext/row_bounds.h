@@ -25,7 +25,28 @@ struct RowSpec {
   int64_t window_right = -1;
   int64_t q_len = 1;                // Tq (padded)
   int64_t k_len = 0;                // Tk (padded)
+  // Query offset: query row i sits at key position p = q_offset[b] + i, or
+  // q_offset_value + i without the tensor (default k_len - q_len: bottom-right).
+  const void* q_offset = nullptr;   // [B], or null
+  bool q_offset64 = false;
+  int64_t q_offset_value = 0;
+  // Packed documents: [B, k_len] contiguous ids, non-decreasing along the keys;
+  // the query at p sees the keys of its own segment (nothing when p is outside
+  // [0, k_len)). Null: one segment.
+  const void* segment_ids = nullptr;
+  bool segment_ids64 = false;
+  int64_t chunk = 0;                // > 0: keys j with j / chunk == p / chunk (floor)
+  // Prefix-LM: keys j < prefix (prefix[b], or prefix_value without the tensor)
+  // are visible whatever causal / window / chunk say. The host refuses it
+  // together with a left window or a chunk (that could make two intervals).
+  const void* prefix = nullptr;     // [B], or null
+  bool prefix64 = false;
+  int64_t prefix_value = 0;         // <= 0 and no tensor: no prefix
 };
+
+// |q_offset| and chunk are clamped to this on the host and in row_bounds(), so
+// that p +- window and chunk arithmetic cannot overflow int64.
+constexpr int64_t kPosMax = int64_t(1) << 61;
 
 MASKEXT_HD int64_t load_length(const void* p, bool is64, int64_t b) {
   return is64 ? static_cast<const int64_t*>(p)[b]
@@ -36,16 +57,44 @@ MASKEXT_HD int64_t clamp_i64(int64_t v, int64_t lo, int64_t hi) {
   return v < lo ? lo : (v > hi ? hi : v);
 }
 
+// floor(p / c) * c for c > 0, any sign of p.
+MASKEXT_HD int64_t floor_multiple(int64_t p, int64_t c) {
+  const int64_t q = p / c;
+  return (q * c > p ? q - 1 : q) * c;
+}
+
+// [lo, hi) of the keys whose segment id equals that of key p (0 <= p < k_len)
+// in batch element b: two binary searches over the non-decreasing ids.
+MASKEXT_HD void segment_bounds(const RowSpec& s, int64_t b, int64_t p, int64_t& lo, int64_t& hi) {
+  const int64_t base = b * s.k_len;
+  const int64_t v = load_length(s.segment_ids, s.segment_ids64, base + p);
+  int64_t a = 0, z = p;  // first j in [0, p] with id >= v
+  while (a < z) {
+    const int64_t m = a + (z - a) / 2;
+    if (load_length(s.segment_ids, s.segment_ids64, base + m) < v) a = m + 1; else z = m;
+  }
+  lo = a;
+  a = p + 1;
+  z = s.k_len;  // first j in [p + 1, k_len) with id > v
+  while (a < z) {
+    const int64_t m = a + (z - a) / 2;
+    if (load_length(s.segment_ids, s.segment_ids64, base + m) <= v) a = m + 1; else z = m;
+  }
+  hi = a;
+}
 // Visible keys [lo, hi) of query row i of batch element b; lo == hi == 0 means
 // the row is fully masked. Always 0 <= lo, hi <= k_len, whatever the lengths hold
 // (lengths are clamped to [0, k_len]: a length past the row means "all real").
 //
-// Alignment: query i sits at key position p = i + (k_len - q_len), i.e.
-// causal and window masks are aligned to the bottom-right corner of the
-// padded (q_len, k_len) block, as flash-attn (>= 2.1) and
-// torch.nn.attention.bias.causal_lower_right. With q_len == k_len this is
-// "query i sees keys j <= i". Window (left, right) keeps keys
-// p - left <= j <= p + right.
+// Alignment: query i sits at key position p = i + q_offset, by default
+// q_offset = k_len - q_len, i.e. causal and window masks are aligned to the
+// bottom-right corner of the padded (q_len, k_len) block, as flash-attn
+// (>= 2.1) and torch.nn.attention.bias.causal_lower_right. With
+// q_len == k_len this is "query i sees keys j <= i". Window (left, right)
+// keeps keys p - left <= j <= p + right; chunk c keeps j with
+// floor(j / c) == floor(p / c); keys j < prefix are visible whatever causal,
+// window and chunk say. Everything else (lengths, q_lengths, segments)
+// combines by intersection.
 MASKEXT_HD void row_bounds(const RowSpec& s, int64_t b, int64_t i, int64_t& lo, int64_t& hi) {
   lo = 0;
   hi = s.k_len;
@@ -57,10 +106,45 @@ MASKEXT_HD void row_bounds(const RowSpec& s, int64_t b, int64_t i, int64_t& lo, 
     const int64_t len = clamp_i64(load_length(s.lengths, s.lengths64, b), 0, s.k_len);
     if (s.left_pad) lo = s.k_len - len; else hi = len;
   }
-  const int64_t p = i + (s.k_len - s.q_len);
-  if (s.causal && p + 1 < hi) hi = p + 1;
-  if (s.window_left >= 0 && p - s.window_left > lo) lo = p - s.window_left;
-  if (s.window_right >= 0 && p + s.window_right + 1 < hi) hi = p + s.window_right + 1;
+  const int64_t off = s.q_offset != nullptr
+      ? clamp_i64(load_length(s.q_offset, s.q_offset64, b), -kPosMax, kPosMax)
+      : s.q_offset_value;
+  const int64_t p = i + off;
+  if (s.segment_ids != nullptr) {
+    if (p < 0 || p >= s.k_len) {
+      lo = hi = 0;
+      return;
+    }
+    int64_t slo, shi;
+    segment_bounds(s, b, p, slo, shi);
+    if (slo > lo) lo = slo;
+    if (shi < hi) hi = shi;
+  }
+  // The local interval [llo, lhi) of causal, window and chunk.
+  int64_t llo = 0, lhi = s.k_len;
+  if (s.causal && p + 1 < lhi) lhi = p + 1;
+  if (s.window_left >= 0 && p - s.window_left > llo) llo = p - s.window_left;
+  if (s.window_right >= 0 && p + s.window_right + 1 < lhi) lhi = p + s.window_right + 1;
+  if (s.chunk > 0) {
+    const int64_t c0 = floor_multiple(p, s.chunk);
+    if (c0 > llo) llo = c0;
+    if (c0 + s.chunk < lhi) lhi = c0 + s.chunk;
+  }
+  if (s.prefix != nullptr || s.prefix_value > 0) {
+    const int64_t P = clamp_i64(
+        s.prefix != nullptr ? load_length(s.prefix, s.prefix64, b) : s.prefix_value, 0, s.k_len);
+    // [0, P) union [llo, lhi): one interval, as llo == 0 here (the host refuses a
+    // prefix with a left window or a chunk).
+    if (lhi <= llo) {
+      llo = 0;
+      lhi = P;
+    } else if (llo <= P) {
+      llo = 0;
+      if (P > lhi) lhi = P;
+    }
+  }
+  if (llo > lo) lo = llo;
+  if (lhi < hi) hi = lhi;
   if (lo >= hi) lo = hi = 0;  // empty rows are [0, 0): callers need no special case
 }
 
