@@ -114,11 +114,21 @@ inline RowIndex split_row(const SoftmaxArgs& a, int64_t r) {
   return {t / a.H, t % a.H, r % a.Tq};
 }
 
-// Calls body(r, ix, lo, hi) for the rows [r0, r1) in order, each with its
-// visible interval [lo, hi), after prefetch(ix, lo, hi) of the row that comes
-// next (when the reads jump to it). The row index advances without divides.
-template <typename P, typename F>
-void for_each_row(const SoftmaxArgs& a, int64_t r0, int64_t r1, P&& prefetch, F&& body) {
+// Offset of row ix in a tensor with strides s over (B, H, Tq).
+inline int64_t row_offset(const int64_t* s, const RowIndex& ix) {
+  return ix.b * s[0] + ix.h * s[1] + ix.i * s[2];
+}
+
+// For the rows [r0, r1) of the contiguous output `out`, in order: writes
+// `masked` before the visible interval [lo, hi), calls body(r, ix, lo, hi, o)
+// (o: the output row) when the interval is not empty, then writes `masked`
+// after it: each output row is written in address order, which the hardware
+// prefetchers follow as a stream. Before a row's body, prefetch(r + 1, ix, lo,
+// hi) gets the next row when the reads jump to it. The row index advances
+// without divides.
+template <typename T, typename P, typename F>
+void for_each_row(const SoftmaxArgs& a, int64_t r0, int64_t r1, T* out, T masked, P&& prefetch,
+                  F&& body) {
   RowIndex ix = split_row(a, r0);
   int64_t lo, hi;
   row_bounds(a.spec, ix.b, ix.i, lo, hi);
@@ -137,9 +147,12 @@ void for_each_row(const SoftmaxArgs& a, int64_t r0, int64_t r1, P&& prefetch, F&
       // Only where the read stream jumps (masked keys between this row's last
       // visible key and the next row's first): full rows stream on their own,
       // and prefetching them only competes with their loads.
-      if (nhi > nlo && (hi < a.Tk || nlo > 0)) prefetch(nx, nlo, nhi);
+      if (nhi > nlo && (hi < a.Tk || nlo > 0)) prefetch(r + 1, nx, nlo, nhi);
     }
-    body(r, ix, lo, hi);
+    T* o = out + r * a.Tk;
+    std::fill(o, o + lo, masked);
+    if (hi > lo) body(r, ix, lo, hi, o);
+    std::fill(o + hi, o + a.Tk, masked);
     ix = nx;
     lo = nlo;
     hi = nhi;
@@ -167,21 +180,13 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
   at::parallel_for(0, a.rows(), row_grain(Tk), [&](int64_t r0, int64_t r1) {
     const size_t conv = std::is_same_v<scalar_t, acc_t> ? 0 : Tk;
     std::vector<acc_t> zbuf(Tk), cbuf(conv), bbuf(bias != nullptr ? conv : 0);
-    auto x_row = [&](const RowIndex& ix) { return x + ix.b * a.xs[0] + ix.h * a.xs[1] + ix.i * a.xs[2]; };
-    auto prefetch = [&](const RowIndex& ix, int64_t lo, int64_t hi) { prefetch_row(x_row(ix) + lo, hi - lo); };
-    for_each_row(a, r0, r1, prefetch, [&](int64_t r, const RowIndex& ix, int64_t lo, int64_t hi) {
-      // The output row is written in address order (head, body, tail): the
-      // hardware prefetchers follow the stores of a fresh output as a stream.
-      scalar_t* o = out + r * Tk;
-      std::fill(o, o + lo, masked);
+    auto prefetch = [&](int64_t, const RowIndex& ix, int64_t lo, int64_t hi) {
+      prefetch_row(x + row_offset(a.xs, ix) + lo, hi - lo);
+    };
+    auto row = [&](int64_t, const RowIndex& ix, int64_t lo, int64_t hi, scalar_t* o) {
       const int64_t n = hi - lo;
-      if (n == 0) {
-        std::fill(o + hi, o + Tk, masked);
-        return;
-      }
-
       acc_t* z = zbuf.data();
-      const scalar_t* xr = x_row(ix) + lo;
+      const scalar_t* xr = x + row_offset(a.xs, ix) + lo;
       acc_t mx = scale_max(to_acc(xr, cbuf.data(), n), z, n, scale);
       if (softcap > acc_t(0)) {  // z = softcap * tanh(z / softcap): monotonic, so the max maps too
         at::vec::map([softcap, inv_cap](Vec v) { return (v * Vec(inv_cap)).tanh() * Vec(softcap); },
@@ -189,7 +194,7 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
         mx = softcap * std::tanh(mx * inv_cap);
       }
       if (bias != nullptr) {
-        const int64_t bo = ix.b * a.bs[0] + ix.h * a.bs[1] + ix.i * a.bs[2];
+        const int64_t bo = row_offset(a.bs, ix);
         if (a.bs[3] == 1) {  // a bias row in memory: vector adds
           at::vec::map2([bias_min, neg_inf](Vec zv, Vec bv) {
             return Vec::blendv(zv + bv, Vec(neg_inf), bv <= Vec(bias_min));
@@ -202,14 +207,14 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
         }
       }
       if (a.mask != nullptr) {
-        const bool* mr = a.mask + ix.b * a.ms[0] + ix.h * a.ms[1] + ix.i * a.ms[2];
+        const bool* mr = a.mask + row_offset(a.ms, ix);
         for (int64_t k = 0; k < n; ++k) {
           if (!mr[(lo + k) * a.ms[3]]) z[k] = neg_inf;
         }
       }
       if (bias != nullptr || a.mask != nullptr) mx = scale_max(z, z, n, acc_t(1));
       if (mx == neg_inf) {  // every visible key masked by mask/bias
-        std::fill(o + lo, o + Tk, masked);
+        std::fill(o + lo, o + hi, masked);
         return;
       }
       if (!(mx < -neg_inf)) {
@@ -219,7 +224,6 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
         for (int64_t k = 0; k < n; ++k) {
           o[lo + k] = z[k] == neg_inf ? masked : std::numeric_limits<scalar_t>::quiet_NaN();
         }
-        std::fill(o + hi, o + Tk, masked);
         return;
       }
       if constexpr (LOG) {
@@ -233,8 +237,8 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
         const acc_t inv = acc_t(1) / exp_sum_inplace(z, n, mx);
         store_mapped(z, o + lo, n, [inv](Vec v) { return v * Vec(inv); });
       }
-      std::fill(o + hi, o + Tk, masked);
-    });
+    };
+    for_each_row(a, r0, r1, out, masked, prefetch, row);
   });
 }
 
@@ -295,22 +299,14 @@ void softmax_backward_kernel(const SoftmaxArgs& a) {
   const int64_t Tk = a.Tk;
 
   at::parallel_for(0, a.rows(), row_grain(Tk), [&](int64_t r0, int64_t r1) {
-    auto dy_row = [&](const RowIndex& ix) { return dy + ix.b * a.xs[0] + ix.h * a.xs[1] + ix.i * a.xs[2]; };
-    auto prefetch = [&](const RowIndex& ix, int64_t lo, int64_t hi) {
-      const int64_t r = (ix.b * a.H + ix.h) * a.Tq + ix.i;
+    auto prefetch = [&](int64_t r, const RowIndex& ix, int64_t lo, int64_t hi) {
       prefetch_row(y + r * Tk + lo, hi - lo);
-      prefetch_row(dy_row(ix) + lo, hi - lo);
+      prefetch_row(dy + row_offset(a.xs, ix) + lo, hi - lo);
     };
-    for_each_row(a, r0, r1, prefetch, [&](int64_t r, const RowIndex& ix, int64_t lo, int64_t hi) {
-      scalar_t* o = dx + r * Tk;  // written in address order, as in the forward
-      std::fill(o, o + lo, scalar_t(0));
+    auto row = [&](int64_t r, const RowIndex& ix, int64_t lo, int64_t hi, scalar_t* o) {
       const int64_t n = hi - lo;
-      if (n == 0) {
-        std::fill(o + hi, o + Tk, scalar_t(0));
-        return;
-      }
       const scalar_t* yr = y + r * Tk + lo;
-      const scalar_t* gr = dy_row(ix) + lo;
+      const scalar_t* gr = dy + row_offset(a.xs, ix) + lo;
       if constexpr (at::is_reduced_floating_point_v<scalar_t>) {
         backward_row_reduced<scalar_t, LOG>(yr, gr, o + lo, n, scale);
       } else {  // fp32 / fp64: acc_t is scalar_t, no conversion
@@ -325,8 +321,8 @@ void softmax_backward_kernel(const SoftmaxArgs& a) {
         };
         at::vec::map2(grad, o + lo, yr, gr, n);
       }
-      std::fill(o + hi, o + Tk, scalar_t(0));
-    });
+    };
+    for_each_row(a, r0, r1, dx, scalar_t(0), prefetch, row);
   });
 }
 
