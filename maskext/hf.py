@@ -29,7 +29,10 @@ Two functions are registered under one name:
   packed sequences              ``segment_ids`` = document of each key (HF detects them
                                 from ``position_ids`` restarts)
   right padding                 ``lengths`` = end of the real keys
-  left padding                  ``segment_ids``: padding keys 0, real keys 1
+  left padding                  ``segment_ids``: padding keys 0, real keys 1 (for
+                                bidirectional attention without a window, where the
+                                keys' start does not depend on the query: a
+                                ``(B, 1, 1, Tk)`` bool mask, as for holes)
   KV cache (dynamic, static,    ``q_offset`` = HF's q_offset - kv_offset (int, or a
   sliding-window caches)        ``(B,)`` tensor when the static cache gives a tensor)
   ============================  =========================================================
@@ -150,6 +153,11 @@ class _Pattern:
     packed_ids: Optional[Tensor] = None  # (B, Tk) document of each key
     positions: Optional[Tensor] = None   # (B, Tk) HF's remapped positions (packed)
 
+    def query_independent(self) -> bool:
+        """True when every query sees the same keys (bidirectional, no window)."""
+        return (self.left is None and self.right is None and self.chunk is None
+                and self.packed_ids is None)
+
     def bound(self, left=None, right=None):
         if left is not None:
             self.left = left if self.left is None else min(self.left, left)
@@ -203,8 +211,8 @@ _padding_cache: dict = {}
 def _padding(attention_mask: Optional[Tensor], kv_length: int, kv_offset: int):
     """The real keys of each row as one run [start, end) of the window
     [kv_offset, kv_offset + kv_length) of the 2-D mask: (start, end, has_left,
-    has_right) with (B,) int64 tensors, or None when every key is real; or
-    (B, Tk) bool ``keep`` when a row has holes."""
+    keep) with (B,) int64 tensors and (B, Tk) bool keep, or None when every
+    key is real; or keep alone when a row has holes."""
     if attention_mask is None:
         return None
     key = (kv_length, kv_offset, attention_mask._version)
@@ -230,7 +238,7 @@ def _padding(attention_mask: Optional[Tensor], kv_length: int, kv_offset: int):
     elif all_real:
         value = None
     else:
-        value = (start, end, has_left)
+        value = (start, end, has_left, pm)
     _padding_cache.update(mask=attention_mask, key=key, value=value)
     return value
 
@@ -295,9 +303,17 @@ def mask_function(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv
     if isinstance(pad, Tensor):
         keep = pad[:, None, None, :]  # holes: (B, 1, 1, Tk), broadcast, read by strides
     elif pad is not None:
-        start, end, has_left = pad
+        start, end, has_left, run = pad
         spec["lengths"] = end
-        if has_left:
+        if has_left and pattern.query_independent():
+            # Left padding where every query sees every real key (encoders, cross
+            # attention): the start of the keys does not depend on the query, which no
+            # interval field says (segments would tie a query to the key at its own
+            # index, meaningless for cross attention), so the (B, 1, 1, Tk) mask.
+            keep = run[:, None, None, :]
+        elif has_left:
+            # Self attention: a real query sits on a real key, and segment ids (padding
+            # 0, real 1) keep it to the real keys.
             ids.append((torch.arange(Tk, device=device) >= start[:, None]).long())
     if pattern.packed_ids is not None:
         ids.append(pattern.packed_ids.to(device).expand(B, Tk))

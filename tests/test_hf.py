@@ -171,39 +171,39 @@ def _mask_cases():
     zero = torch.zeros(3, dtype=torch.long)
     packed = mu.find_packed_sequence_indices(POS)
     remap = mu.remap_positions_for_packed_sequence
-    yield "causal", mu.causal_mask_function, None, 0, T, 0
-    yield "causal-pad", mu.causal_mask_function, PAD, 0, T, 0
-    yield "bidirectional-pad", mu.bidirectional_mask_function, PAD, 0, T, 0
-    yield "sliding-pad", mu.sliding_window_causal_mask_function(4), PAD, 0, T, 0
-    yield "sliding-bidir", mu.sliding_window_bidirectional_mask_function(3), PAD, 0, T, 0
-    yield "chunked-leftpad", mu.chunked_causal_mask_function(5, lp), PAD, 0, T, 0
-    yield "chunked", mu.chunked_causal_mask_function(5, zero), None, 0, T, 0
-    yield "holes", mu.causal_mask_function, HOLES, 0, T, 0
+    yield "causal", mu.causal_mask_function, None, 0, T, T, 0
+    yield "causal-pad", mu.causal_mask_function, PAD, 0, T, T, 0
+    yield "bidirectional-pad", mu.bidirectional_mask_function, PAD, 0, T, T, 0
+    # cross attention: 5 decoder queries over 12 left-padded encoder keys
+    yield "cross-pad", mu.bidirectional_mask_function, PAD, 0, 5, T, 0
+    yield "cross-rightpad", mu.bidirectional_mask_function, PAD[1:], 0, 5, T, 0
+    yield "sliding-pad", mu.sliding_window_causal_mask_function(4), PAD, 0, T, T, 0
+    yield "sliding-bidir", mu.sliding_window_bidirectional_mask_function(3), PAD, 0, T, T, 0
+    yield "chunked-leftpad", mu.chunked_causal_mask_function(5, lp), PAD, 0, T, T, 0
+    yield "chunked", mu.chunked_causal_mask_function(5, zero), None, 0, T, T, 0
+    yield "holes", mu.causal_mask_function, HOLES, 0, T, T, 0
     yield "packed", mu.and_masks(remap(mu.causal_mask_function, POS),
-                                 mu.packed_sequence_mask_function(packed)), None, 0, T, 0
+                                 mu.packed_sequence_mask_function(packed)), None, 0, T, T, 0
     yield "packed-sliding", mu.and_masks(remap(mu.sliding_window_causal_mask_function(3), POS),
-                                         mu.packed_sequence_mask_function(packed)), None, 0, T, 0
+                                         mu.packed_sequence_mask_function(packed)), None, 0, T, T, 0
     yield "packed-chunked", mu.and_masks(remap(mu.chunked_causal_mask_function(3, zero), POS),
-                                         mu.packed_sequence_mask_function(packed)), None, 0, T, 0
+                                         mu.packed_sequence_mask_function(packed)), None, 0, T, T, 0
     # decoding with a dynamic cache: one query at position 11 of 12 keys
-    yield "decode", mu.causal_mask_function, PAD, 11, T, 0
+    yield "decode", mu.causal_mask_function, PAD, 11, 1, T, 0
     # a static cache of 16 slots, 3 queries at positions 9..11, the 2-D mask is 12 long
-    yield "static", mu.causal_mask_function, PAD, torch.tensor(9), 16, 0
+    yield "static", mu.causal_mask_function, PAD, torch.tensor(9), 3, 16, 0
     # a sliding-window cache: keys are absolute positions 8..11 (kv_offset 8), query at 11
-    yield "sliding-cache", mu.sliding_window_causal_mask_function(4), PAD, 11, 4, 8
+    yield "sliding-cache", mu.sliding_window_causal_mask_function(4), PAD, 11, 1, 4, 8
     # not intervals: an or_mask (block-wise overlay) falls back to HF's own mask
     blocks = torch.tensor([[-1, -1, 0, 0, 0, -1, -1, 1, 1, -1, -1, -1]]).expand(3, -1)
     yield "blockwise", mu.or_masks(mu.causal_mask_function, mu.blockwise_overlay(blocks)), PAD, 0, \
-        T, 0
+        T, T, 0
 
 
 @pytest.mark.parametrize("case", list(_mask_cases()), ids=lambda c: c[0])
 def test_mask_function_equals_hf_sdpa_mask(case):
-    name, fn, pad, q_offset, kv_length, kv_offset = case
-    B = 3
-    Tq = 12 - int(q_offset) if name != "static" else 3
-    if name == "sliding-cache":
-        Tq = 1
+    name, fn, pad, q_offset, Tq, kv_length, kv_offset = case
+    B = 3 if pad is None else pad.shape[0]
     ours = mhf.mask_function(batch_size=B, q_length=Tq, kv_length=kv_length, q_offset=q_offset,
                              kv_offset=kv_offset, mask_function=fn, attention_mask=pad)
     ref = mu.sdpa_mask(batch_size=B, q_length=Tq, kv_length=kv_length, q_offset=q_offset,
@@ -211,7 +211,8 @@ def test_mask_function_equals_hf_sdpa_mask(case):
                        allow_is_causal_skip=False).expand(B, 1, Tq, kv_length)
     if name in ("blockwise",):
         assert isinstance(ours, mhf.MaskWithKeep) and ours.keep.shape == (B, 1, Tq, kv_length)
-    elif name == "holes":
+    elif name in ("holes", "bidirectional-pad", "cross-pad"):
+        # holes; left padding that every query sees alike: a (B, 1, 1, Tk) mask
         assert isinstance(ours, mhf.MaskWithKeep) and ours.keep.shape == (B, 1, 1, kv_length)
     else:
         assert isinstance(ours, maskext.MaskSpec), name
@@ -219,12 +220,12 @@ def test_mask_function_equals_hf_sdpa_mask(case):
     # Rows of padding queries may differ (documented: never read by a real token);
     # the rows of real queries must be identical.
     live = torch.ones(B, 1, Tq, 1, dtype=torch.bool)
-    if pad is not None:
+    if pad is not None and not name.startswith("cross"):  # cross attention: no query padding
         qpos = int(q_offset) + torch.arange(Tq)
         live = torch.nn.functional.pad(pad, (0, 32))[:, qpos].view(B, 1, Tq, 1)
     assert live.any()
     torch.testing.assert_close(got & live, ref & live, msg=name)
-    if pad is None or bool(pad[:, kv_offset:].all()):
+    if pad is None or bool(pad[:, kv_offset:].all()) or name.startswith(("bidirectional", "cross")):
         assert torch.equal(got, ref)
 
 
@@ -347,6 +348,10 @@ def test_no_4d_mask_reaches_the_attention_function(kind, probe):
                            pad_token_id=0, cache_implementation=cache)
     assert len(seen := probe) > 0
     for m in seen:
+        if isinstance(m, mhf.MaskWithKeep):
+            # only an encoder's left padding, which every query sees alike: (B, 1, 1, Tk)
+            assert kind in ENCODERS and m.keep.shape[-2] == 1, m.keep.shape
+            m = m.spec
         assert isinstance(m, maskext.MaskSpec), type(m)
         for t in (m.lengths, m.q_lengths, m.q_offset, m.segment_ids, m.prefix_lengths):
             assert not isinstance(t, torch.Tensor) or t.dim() <= 2
