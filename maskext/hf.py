@@ -269,6 +269,9 @@ def mask_function(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv
     pattern = _Pattern()
     try:
         _parse(mask_function, pattern)
+        if pattern.positions is not None and pattern.packed_ids is None:
+            # remapped positions are index-like only inside HF's packed documents
+            raise _Unrecognised(mask_function)
     except _Unrecognised:
         # Not intervals (or not HF's blocks): HF's own boolean mask, correct by construction.
         keep = _mu.sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length,

@@ -188,6 +188,8 @@ def _mask_cases():
                                          mu.packed_sequence_mask_function(packed)), None, 0, T, T, 0
     yield "packed-chunked", mu.and_masks(remap(mu.chunked_causal_mask_function(3, zero), POS),
                                          mu.packed_sequence_mask_function(packed)), None, 0, T, T, 0
+    # remapped positions without HF's packed-document mask: not index-like, falls back
+    yield "remap-alone", remap(mu.causal_mask_function, POS.flip(-1)), None, 0, T, T, 0
     # decoding with a dynamic cache: one query at position 11 of 12 keys
     yield "decode", mu.causal_mask_function, PAD, 11, 1, T, 0
     # a static cache of 16 slots, 3 queries at positions 9..11, the 2-D mask is 12 long
@@ -209,7 +211,7 @@ def test_mask_function_equals_hf_sdpa_mask(case):
     ref = mu.sdpa_mask(batch_size=B, q_length=Tq, kv_length=kv_length, q_offset=q_offset,
                        kv_offset=kv_offset, mask_function=fn, attention_mask=pad,
                        allow_is_causal_skip=False).expand(B, 1, Tq, kv_length)
-    if name in ("blockwise",):
+    if name in ("blockwise", "remap-alone"):
         assert isinstance(ours, mhf.MaskWithKeep) and ours.keep.shape == (B, 1, Tq, kv_length)
     elif name in ("holes", "bidirectional-pad", "cross-pad"):
         # holes; left padding that every query sees alike: a (B, 1, 1, Tk) mask
