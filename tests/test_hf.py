@@ -258,10 +258,13 @@ def test_output_attentions_equal_eager(kind):
         assert wb.dtype == wa.dtype and wb.shape == wa.shape
         rows = real[:, None, :, None].expand_as(wa)  # real queries (all keys)
         torch.testing.assert_close(wb[rows], wa[rows], atol=1e-5, rtol=1e-4)
-        # weights are probabilities over the visible keys of real queries
-        torch.testing.assert_close(wb.sum(-1)[real[:, None].expand(wb.shape[:3])],
-                                   torch.ones(()).expand(int(real.sum()) * wb.shape[1]),
-                                   atol=1e-5, rtol=0)
+        # weights are probabilities over the visible keys of real queries (with
+        # sinks, gpt-oss, the sink takes its share: the rest sums to less than 1)
+        sums = wb.sum(-1)[real[:, None].expand(wb.shape[:3])]
+        if kind == "gpt_oss":
+            assert (sums <= 1 + 1e-6).all() and (sums > 0).all() and sums.min() < 0.99
+        else:
+            torch.testing.assert_close(sums, torch.ones_like(sums), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
