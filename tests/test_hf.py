@@ -373,20 +373,15 @@ def test_scores_are_order_one_to_ten():
     large enough for softcapping and mask errors to show."""
     eager, _ = models("gemma2")
     ids, mask, pos, _ = batch("right")
-    seen = {}
-
-    def hook(module, args, kwargs):
-        seen.setdefault("q", module.q_proj.weight)
-
     layer = eager.model.layers[0].self_attn
-    h = layer.register_forward_pre_hook(hook, with_kwargs=True)
     q, k = [], []
     hq = layer.q_proj.register_forward_hook(lambda m, i, o: q.append(o))
     hk = layer.k_proj.register_forward_hook(lambda m, i, o: k.append(o))
     try:
         logits_of(eager, ids, mask, pos)
     finally:
-        h.remove(), hq.remove(), hk.remove()
+        hq.remove()
+        hk.remove()
     qh = q[0].unflatten(-1, (4, 16)).transpose(1, 2)
     kh = k[0].unflatten(-1, (2, 16)).transpose(1, 2).repeat_interleave(2, 1)
     scores = (qh @ kh.transpose(-1, -2)) * 16 ** -0.5
