@@ -404,11 +404,9 @@ def attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value
     # (B, Hkv, G, Tq, Tk), so the mask sees Tq query rows.
     q = query.reshape(B, Hkv, G * Tq, D)
     scores = torch.matmul(q, key.transpose(-1, -2)).view(B, Hkv, G, Tq, Tk)
-    extra = {}
-    if s_aux is not None:
-        extra["sinks"] = s_aux.reshape(1, Hkv, G, 1)
+    sinks = None if s_aux is None else s_aux.reshape(1, Hkv, G, 1)  # one logit per query head
     probs = masked_softmax(scores, keep, spec=spec, scale=scaling, bias=bias, softcap=softcap,
-                           **extra)
+                           sinks=sinks)
     if dropout and module.training:
         probs = F.dropout(probs, p=dropout, training=True)
     out = torch.matmul(probs.view(B, Hkv, G * Tq, Tk), value)

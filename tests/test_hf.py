@@ -30,7 +30,6 @@ import maskext.hf as mhf  # noqa: E402
 
 NAME = mhf.register()
 VOCAB = 97
-HAS_SINKS = "sinks" in maskext.masked_softmax.__code__.co_varnames
 
 # ---------------------------------------------------------------- tiny models
 
@@ -68,10 +67,7 @@ def _config(kind):
     raise ValueError(kind)
 
 
-DECODERS = ["llama", "mistral", "qwen2", "gemma2",
-            pytest.param("gpt_oss", marks=pytest.mark.skipif(
-                not HAS_SINKS, reason="maskext.masked_softmax has no sinks= yet (issue 13 needs "
-                                      "it from main)"))]
+DECODERS = ["llama", "mistral", "qwen2", "gemma2", "gpt_oss"]
 ENCODERS = ["modernbert", "bert"]
 _models = {}
 
@@ -233,11 +229,11 @@ def test_mask_function_equals_hf_sdpa_mask(case):
 
 # ---------------------------------------------------------------- whole models vs eager
 
-@pytest.mark.parametrize("layout", ["left", "right", "packed", "holes"])
-@pytest.mark.parametrize("kind", DECODERS + ENCODERS)
+# HF detects packed sequences (position_ids restarts) only for causal masks
+@pytest.mark.parametrize("kind,layout", [(k, lay) for k in DECODERS + ENCODERS
+                                         for lay in ("left", "right", "packed", "holes")
+                                         if not (k in ENCODERS and lay == "packed")])
 def test_logits_equal_eager(kind, layout):
-    if kind in ENCODERS and layout == "packed":
-        pytest.skip("HF detects packed sequences only for causal masks")
     eager, ours = models(kind)
     ids, mask, pos, real = batch(layout)
     a = logits_of(eager, ids, mask, pos).logits
@@ -432,7 +428,6 @@ def test_no_mask_description_follows_is_causal_and_sliding_window():
     torch.testing.assert_close(out, (ref @ vv).transpose(1, 2))
 
 
-@pytest.mark.skipif(not HAS_SINKS, reason="maskext.masked_softmax has no sinks= yet")
 def test_sinks_against_gpt_oss_eager_formula():
     torch.manual_seed(0)
     mod = torch.nn.Module()
