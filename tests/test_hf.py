@@ -131,6 +131,13 @@ def test_import_maskext_does_not_import_transformers():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_maskext_hf_without_transformers_says_what_to_install():
+    code = ("import sys; sys.modules['transformers'] = None\n"
+            "try:\n    import maskext.hf\nexcept ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert "maskext.hf needs Hugging Face transformers >= 5: pip install 'maskext[hf]'" in out.stdout
+
+
 def test_register_is_idempotent_and_checks_the_name():
     assert mhf.register() == "maskext"
     assert mhf.register("maskext") == "maskext"
