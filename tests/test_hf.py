@@ -149,6 +149,17 @@ def test_register_is_idempotent_and_checks_the_name():
         mhf.register("")
 
 
+def test_set_attn_implementation_switches_a_built_model():
+    eager, _ = models("llama")
+    model = _auto("llama").from_config(_config("llama"), attn_implementation="eager").eval()
+    model.load_state_dict(eager.state_dict())
+    model.set_attn_implementation(NAME)
+    assert model.config._attn_implementation == NAME
+    ids, mask, pos, real = batch("left")
+    torch.testing.assert_close(logits_of(model, ids, mask, pos).logits[real],
+                               logits_of(eager, ids, mask, pos).logits[real], atol=1e-4, rtol=1e-4)
+
+
 # ---------------------------------------------------------------- the mask function alone
 
 def _materialise(m, B, Tq, Tk):
