@@ -1,7 +1,8 @@
 """Exercises every CUDA kernel path once on small inputs, for compute-sanitizer
-(memcheck, racecheck): warp-per-row and block-per-row softmax, fast and general
-(mask/bias) paths, odd alignments, forward and backward (and double backward),
-NaN and +inf rows, huge window sides, the mask, padding and gate kernels.
+(memcheck, racecheck): every register tier of the softmax (tier A and B sizes),
+warp-per-row and block-per-row softmax, fast and general (mask/bias) paths,
+odd alignments, forward and backward (and double backward), NaN and +inf rows,
+huge window sides, the mask, padding and gate kernels.
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python benchmarks/sanitize_cases.py
 
@@ -44,6 +45,22 @@ def main():
             (g,) = torch.autograd.grad(maskext.masked_softmax(xr, lengths=L).square().sum(), xr,
                                        create_graph=True)
             g.sum().backward()
+    # The register tiers: with the lengths above (Tk 1, 7: 4 lanes per row; 97;
+    # 1025: 8 or 16 chunks per lane), these reach every tier size of fp16 / bf16
+    # (8 per chunk: 40 -> 8 lanes, 200 -> 32 lanes, 300 -> 2 chunks per lane, 600
+    # -> 4, 2000 -> 8) and fp32 (4 per chunk: 40 -> 16 lanes, 200 -> 2, 300 -> 4,
+    # 600 -> 8, 2000 -> 16), forward and backward (up to 1024 keys), rows and dy
+    # misaligned.
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        for Tk in (40, 200, 300, 600, 2000):
+            x = torch.randn(3, 2, 5, Tk + 1, device=dev, dtype=dtype)[..., 1:]
+            dy = torch.randn(3, 2, 5, Tk + 1, device=dev, dtype=dtype)[..., 1:]
+            L = torch.tensor([0, Tk, Tk // 2 + 1], device=dev)
+            QL = torch.tensor([5, 2, 0], device=dev, dtype=torch.int32)
+            for fn in (maskext.masked_softmax, maskext.masked_log_softmax):
+                for xx in (x, x.contiguous()):
+                    xr = xx.detach().clone().requires_grad_()
+                    fn(xr, lengths=L, causal=True, q_lengths=QL, scale=0.5).backward(dy)
     # Long rows (Tk > 65536) in few rows (fewer than the GPU has SMs), misaligned,
     # on the fast path and the mask/bias path.
     for dtype in (torch.float16, torch.float32):
