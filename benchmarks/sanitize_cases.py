@@ -45,14 +45,14 @@ def main():
             (g,) = torch.autograd.grad(maskext.masked_softmax(xr, lengths=L).square().sum(), xr,
                                        create_graph=True)
             g.sum().backward()
-    # The register tiers: with the lengths above (Tk 1, 7: 4 lanes per row; 97;
-    # 1025: 8 or 16 chunks per lane), these reach every tier size of fp16 / bf16
-    # (8 per chunk: 40 -> 8 lanes, 200 -> 32 lanes, 300 -> 2 chunks per lane, 600
-    # -> 4, 2000 -> 8) and fp32 (4 per chunk: 40 -> 16 lanes, 200 -> 2, 300 -> 4,
-    # 600 -> 8, 2000 -> 16), forward and backward (up to 1024 keys), rows and dy
-    # misaligned.
+    # The register tiers: with the lengths above (1, 7, 97, 1025, 4099), these
+    # reach every tier size of fp16 / bf16 and fp32, forward and backward, with
+    # rows and dy misaligned (tests/test_softmax.py::_tier tells which tier a
+    # length gets): 4 to 32 lanes per row, a warp with 2 to 16 chunks per lane,
+    # 128, 256 and 512 threads per row, and past the tiers (20000: fp32, and the
+    # fp16 / bf16 backward).
     for dtype in (torch.float16, torch.bfloat16, torch.float32):
-        for Tk in (40, 200, 300, 600, 2000):
+        for Tk in (20, 40, 200, 300, 600, 2000, 3000, 6000, 12000, 20000):
             x = torch.randn(3, 2, 5, Tk + 1, device=dev, dtype=dtype)[..., 1:]
             dy = torch.randn(3, 2, 5, Tk + 1, device=dev, dtype=dtype)[..., 1:]
             L = torch.tensor([0, Tk, Tk // 2 + 1], device=dev)

@@ -382,23 +382,26 @@ def test_log_softmax_opcheck(device):
 
 # ---------------------------------------------------------------- CUDA register tiers
 
-_TIER_SIZES = [4, 8, 16, 32, 64, 128, 256, 512]  # 16-byte chunks a row gets (G lanes x P)
-
-
 def _tier(Tk, dtype, backward):
-    """The register tier (chunks per row) that csrc/cuda/softmax.cu picks for rows
-    of Tk keys, None for the general kernels; mirrors tier_chunks / with_tier."""
+    """The register tier, (threads per row, 16-byte chunks per thread), that
+    csrc/cuda/softmax.cu picks for rows of Tk keys, None for the general kernels;
+    mirrors tier_chunks and with_tier there."""
     vec = 128 // torch.finfo(dtype).bits  # elements in 16 bytes
     need = Tk // vec if Tk % vec == 0 else (Tk + 2 * vec - 2) // vec
-    most = 32 * (16 if vec == 4 else 8) // (2 if backward else 1)
-    return next((c for c in _TIER_SIZES if need <= c <= most), None)
+    maxp = (16 if vec == 4 else 8) // (2 if backward else 1)
+    if need > (256 if maxp == 16 else 512) * maxp:
+        return None
+    for g, p in [(4, 1), (8, 1), (16, 1), (32, 1), (32, 2), (32, 4), (32, 8), (32, 16), (128, maxp),
+                 (256, maxp), (512, maxp)]:
+        if p <= maxp and need <= g * p:
+            return g, p
 
 
 def tier_edges(dtype, backward):
     """Every Tk where the kernel choice changes and the one after it (a tier's
     longest row, the next tier's or the general kernels' shortest), and short rows."""
     edges = {1, 2, 3, 8, 9}
-    for Tk in range(1, 2100):
+    for Tk in range(1, 33000):
         if _tier(Tk, dtype, backward) != _tier(Tk + 1, dtype, backward):
             edges |= {Tk, Tk + 1}
     return sorted(edges)
@@ -442,7 +445,8 @@ def test_cuda_tier_backward(dtype):
         xs, kws = _tier_inputs(Tk, dtype)
         dys = [torch.randn(3, 2, 5, Tk, device="cuda").to(dtype),
                torch.randn(3, 2, 5, Tk + 1, device="cuda").to(dtype)[..., 1:]]  # misaligned dy
-        for x, kw, dy in itertools.product(xs, kws[:4], dys):
+        for i, (x, kw) in enumerate(itertools.product(xs, kws[:4])):
+            dy = dys[i % 2]
             for fn in (maskext.masked_softmax, maskext.masked_log_softmax):
                 xg = x.detach().requires_grad_()
                 (got,) = torch.autograd.grad(fn(xg, **kw), xg, dy)
@@ -458,7 +462,7 @@ def test_cuda_tier_backward(dtype):
 
 @_CUDA
 @pytest.mark.parametrize("dtype", _LOW)
-@pytest.mark.parametrize("Tk", [6, 100, 1000])  # tier A, tier B, tier B with 8+ chunks
+@pytest.mark.parametrize("Tk", [6, 100, 1000, 5000])  # tier A, tier B (1 chunk, 8+), tier C
 def test_cuda_tier_nan_and_inf(dtype, Tk):
     """The NaN rule in the register tiers: a NaN or +inf visible score makes the
     row's visible outputs NaN except at -inf scores (masked positions), which the

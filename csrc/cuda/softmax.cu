@@ -1,7 +1,8 @@
 // CUDA masked softmax and log-softmax, forward and backward.
 //
-// Register tiers (below, "register tiers"): fp16, bf16 and fp32 rows of up to
-// 2048 keys without a mask or bias tensor are read once into registers.
+// Register tiers (below, "register tiers"): fp16 and bf16 rows of up to 32K
+// keys, fp32 rows of up to 16K (backward: 16K for all), without a mask or bias
+// tensor, are read once into registers.
 // General kernels, for everything else (mask / bias tensors, fp64, longer
 // rows): THREADS threads share one row, a warp for rows up to 1024 keys
 // (several rows per block), a whole block for longer rows; the visible
@@ -228,8 +229,10 @@ __global__ void __launch_bounds__(BLOCK) softmax_forward_kernel(SoftmaxArgs a) {
 // Softmax: dx = scale * y * (dy - sum(dy * y)) on [lo, hi); 0 elsewhere.
 // LOG (y = log-softmax): dx = scale * (dy - exp(y) * sum(dy)), sum and dx over
 // the positions where y != finfo.min. `a.x` is dy.
+// __launch_bounds__(BLOCK, 1): with (BLOCK) alone ptxas kept the 512-thread
+// fp16 log-softmax backward at 64 registers and spilled.
 template <typename T, int THREADS, int BLOCK, bool LOG>
-__global__ void __launch_bounds__(BLOCK) softmax_backward_kernel(SoftmaxArgs a) {
+__global__ void __launch_bounds__(BLOCK, 1) softmax_backward_kernel(SoftmaxArgs a) {
   using acc_t = at::opmath_type<T>;
   using Pack = typename Vec16<T>::Pack;
   constexpr int VEC = Vec16<T>::N;
@@ -288,7 +291,7 @@ __global__ void __launch_bounds__(BLOCK) softmax_backward_kernel(SoftmaxArgs a) 
 
     auto grad = [&](acc_t yv, acc_t gv) -> acc_t {
       if constexpr (LOG) {
-        return yv == static_cast<acc_t>(ymin) ? acc_t(0) : scale * (gv - exp(yv) * dot);
+        return yv == static_cast<acc_t>(ymin) ? acc_t(0) : scale * (gv - fast_exp(yv) * dot);
       } else {
         return scale * yv * (gv - dot);
       }
@@ -322,24 +325,30 @@ __global__ void __launch_bounds__(BLOCK) softmax_backward_kernel(SoftmaxArgs a) 
 
 // ------------------------------------------------------------ register tiers
 //
-// Fast path (no mask or bias tensor) for rows of up to 2048 keys: G lanes of a
-// warp per row (tier A: G < 32, several rows per warp; tier B: G == 32), each
-// lane holding P 16-byte chunks of the row in registers, so the row is read
-// once: every 16-byte load issued first, then the exact max, one exp per
-// element, the sum, and 128-bit stores. Chunks follow the output row's
-// alignment: chunk c of a row covers positions [c * VEC - a0, (c + 1) * VEC -
-// a0), a0 = the row's offset from a 16-byte boundary, so every chunk inside the
-// row is one aligned STG.E.128 and only the row's first and last chunk can be
-// partial (scalar stores, [edge]). Loads are 128-bit for chunks inside [lo, hi)
-// when the input row shares the output's alignment; the chunks that [lo, hi)
-// cuts, and every chunk of a row whose alignment differs (a view such as
-// x[..., 1:]), are loaded element by element. Nothing outside [lo, hi) is read.
-constexpr int kTierBlock = 128;
-// Blocks per SM the registers must allow: 4 (16 warps, 128 registers per
-// thread); 3 for 16 chunks per lane (168 registers: 64 fp32 scores and the
-// rest do not fit in 128 without spilling).
-template <int P>
-constexpr int kTierMinBlocks = P >= 16 ? 3 : 4;
+// Fast path (no mask or bias tensor) for rows of up to 32K fp16 / bf16 keys
+// (16K fp32): G threads per row (tier A: G < 32, several rows per warp; tier
+// B: a warp; tier C: G = 128, 256 or 512, a block), each holding P 16-byte
+// chunks of the row in registers, so the row is read once: every 16-byte load
+// issued first, then the exact max, one exp per element, the sum, and 128-bit
+// stores. Chunks follow the output row's alignment: chunk c of a row covers
+// positions [c * VEC - a0, (c + 1) * VEC - a0), a0 = the row's offset from a
+// 16-byte boundary, so every chunk inside the row is one aligned STG.E.128 and
+// only the row's first and last chunk can be partial (scalar stores, [edge]).
+// Loads are 128-bit for chunks inside [lo, hi) when the input row shares the
+// output's alignment; the chunks that [lo, hi) cuts, and every chunk of a row
+// whose alignment differs (a view such as x[..., 1:]), are loaded element by
+// element. Nothing outside [lo, hi) is read.
+//
+// Threads per block: 128 (several rows) up to G (one row).
+template <int G>
+constexpr int kTierBlock = G > 128 ? G : 128;
+// Blocks per SM that the registers must allow: 128 registers per thread (16
+// warps per SM), 168 for 16 chunks per thread (64 fp32 scores and the rest do
+// not fit in 128 without spilling).
+template <int G, int P>
+constexpr int kTierMinBlocks = (P >= 16 ? 3 : 4) * 128 / kTierBlock<G> > 0
+                                   ? (P >= 16 ? 3 : 4) * 128 / kTierBlock<G>
+                                   : 1;
 
 // Row r of the (B, H, Tq) rows as (b, h, i) by 32-bit multiply-high divisions
 // (the tiers need rows < 2^31).
@@ -356,29 +365,39 @@ __device__ __forceinline__ TierRow tier_row(uint32_t r, const RowDiv& d) {
   return {b, t - b * d.h.d, r - t * d.tq.d};
 }
 
-// The lanes of this thread's row: G consecutive lanes of the warp.
+// The lanes of this thread's warp that share its row: G consecutive lanes,
+// or the whole warp when G >= 32.
 template <int G>
 __device__ __forceinline__ unsigned group_mask() {
-  if constexpr (G == 32) {
+  if constexpr (G >= 32) {
     return 0xffffffffu;
   } else {
     return ((1u << G) - 1u) << (threadIdx.x % 32 / G * G);
   }
 }
 
-template <int G>
-__device__ __forceinline__ float group_max(float v, unsigned mask) {
+// op over the G threads of a row, every thread gets the result: shuffles in
+// the warp; for a row of several warps (tier C) each warp's result goes
+// through `part` (G / 32 floats of shared memory, one array per reduction of
+// the kernel) and every warp reduces those with shuffles again (no serial loop).
+template <int G, typename Op>
+__device__ __forceinline__ float group_reduce(float v, unsigned mask, float* part, Op op) {
 #pragma unroll
-  for (int off = G / 2; off > 0; off /= 2) v = fmaxf(v, __shfl_xor_sync(mask, v, off));
+  for (int off = (G < 32 ? G : 32) / 2; off > 0; off /= 2) {
+    v = op(v, __shfl_xor_sync(mask, v, off));
+  }
+  if constexpr (G > 32) {
+    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = v;
+    __syncthreads();
+    v = part[threadIdx.x % (G / 32)];
+#pragma unroll
+    for (int off = G / 64; off > 0; off /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, off));
+  }
   return v;
 }
 
-template <int G>
-__device__ __forceinline__ float group_sum(float v, unsigned mask) {
-#pragma unroll
-  for (int off = G / 2; off > 0; off /= 2) v += __shfl_xor_sync(mask, v, off);
-  return v;
-}
+__device__ __forceinline__ float max_op(float a, float b) { return fmaxf(a, b); }
+__device__ __forceinline__ float sum_op(float a, float b) { return a + b; }
 
 // What the outputs of a row need from its max m (0 when every score is -inf)
 // and its sum s of exp(z - m): the one place where (max, sum) become the
@@ -467,11 +486,12 @@ __device__ __forceinline__ void store_row(T* __restrict__ o, int Tk, int lane, i
 }
 
 template <typename T, int G, int P, bool LOG>
-__global__ void __launch_bounds__(kTierBlock, kTierMinBlocks<P>) softmax_tier_forward_kernel(
+__global__ void __launch_bounds__(kTierBlock<G>, (kTierMinBlocks<G, P>)) softmax_tier_forward_kernel(
     SoftmaxArgs a, RowDiv d) {
   constexpr int VEC = Vec16<T>::N;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-  const uint32_t r = blockIdx.x * (kTierBlock / G) + threadIdx.x / G;
+  __shared__ float part[2][G > 32 ? G / 32 : 1];  // tier C: the max, then the sum
+  const uint32_t r = blockIdx.x * (kTierBlock<G> / G) + threadIdx.x / G;
   if (r >= a.rows()) return;  // whole rows: the G lanes of a row leave together
   const int lane = threadIdx.x % G;
   const unsigned mask = group_mask<G>();
@@ -536,7 +556,7 @@ __global__ void __launch_bounds__(kTierBlock, kTierMinBlocks<P>) softmax_tier_fo
 #pragma unroll
     for (int e = 0; e < VEC; ++e) m = fmaxf(m, v[k][e]);
   }
-  m = group_max<G>(m, mask);
+  m = group_reduce<G>(m, mask, part[0], max_op);
   if (m == kNegInf) m = 0.f;  // every score -inf: exp(-inf - 0) = 0, no NaN
   float s = 0.f;
   if constexpr (LOG) {
@@ -545,7 +565,7 @@ __global__ void __launch_bounds__(kTierBlock, kTierMinBlocks<P>) softmax_tier_fo
 #pragma unroll
       for (int e = 0; e < VEC; ++e) s += fast_exp(v[k][e] - m);
     }
-    const RowNorm n = row_norm(m, group_sum<G>(s, mask));
+    const RowNorm n = row_norm(m, group_reduce<G>(s, mask, part[1], sum_op));
 #pragma unroll
     for (int k = 0; k < P; ++k) {
 #pragma unroll
@@ -563,7 +583,7 @@ __global__ void __launch_bounds__(kTierBlock, kTierMinBlocks<P>) softmax_tier_fo
         s += v[k][e];
       }
     }
-    const RowNorm n = row_norm(m, group_sum<G>(s, mask));
+    const RowNorm n = row_norm(m, group_reduce<G>(s, mask, part[1], sum_op));
     if (n.poisoned) {
       // Rare: NaN at every visible position but those whose score is -inf,
       // which the exps no longer tell apart: read the row again.
@@ -590,10 +610,11 @@ __global__ void __launch_bounds__(kTierBlock, kTierMinBlocks<P>) softmax_tier_fo
 // converted on use. Softmax: dx = scale * y * (dy - sum(dy * y)); LOG: dx =
 // scale * (dy - exp(y) * sum(dy)) where y != finfo.min; 0 outside [lo, hi).
 template <typename T, int G, int P, bool LOG>
-__global__ void __launch_bounds__(kTierBlock, kTierMinBlocks<P>) softmax_tier_backward_kernel(
+__global__ void __launch_bounds__(kTierBlock<G>, (kTierMinBlocks<G, P>)) softmax_tier_backward_kernel(
     SoftmaxArgs a, RowDiv d) {
   constexpr int VEC = Vec16<T>::N;
-  const uint32_t r = blockIdx.x * (kTierBlock / G) + threadIdx.x / G;
+  __shared__ float part[G > 32 ? G / 32 : 1];  // tier C: the sum
+  const uint32_t r = blockIdx.x * (kTierBlock<G> / G) + threadIdx.x / G;
   if (r >= a.rows()) return;
   const int lane = threadIdx.x % G;
   const unsigned mask = group_mask<G>();
@@ -630,7 +651,7 @@ __global__ void __launch_bounds__(kTierBlock, kTierMinBlocks<P>) softmax_tier_ba
 #pragma unroll
     for (int e = 0; e < VEC; ++e) dot += LOG ? (yv[e] == ymin ? 0.f : gv[e]) : yv[e] * gv[e];
   }
-  dot = group_sum<G>(dot, mask);
+  dot = group_reduce<G>(dot, mask, part, sum_op);
   const float scale = static_cast<float>(a.scale);
 #pragma unroll
   for (int k = 0; k < P; ++k) {
@@ -669,7 +690,13 @@ int64_t tier_chunks(const SoftmaxArgs& a, int64_t max_chunks) {
 }
 
 // Calls f.template operator()<G, P>() for the smallest tier with G * P >=
-// chunks (0 < chunks <= 32 * MAXP, MAXP = 4, 8 or 16).
+// chunks, 0 < chunks <= kTierMaxChunks<MAXP> (MAXP = 4, 8 or 16: the most
+// chunks per thread): tier A (4-16 lanes, 1 chunk each), tier B (a warp,
+// 1-MAXP chunks per lane), tier C (128-512 threads, MAXP chunks each; 512 *
+// 16 chunks of 168 registers would not fit an SM's 64K registers).
+template <int MAXP>
+constexpr int64_t kTierMaxChunks = (MAXP == 16 ? 256 : 512) * MAXP;
+
 template <int MAXP, typename F>
 void with_tier(int64_t chunks, F&& f) {
   if (chunks <= 4) {
@@ -682,32 +709,43 @@ void with_tier(int64_t chunks, F&& f) {
     f.template operator()<32, 1>();
   } else if (chunks <= 64) {
     f.template operator()<32, 2>();
-  } else if (chunks <= 128 || MAXP == 4) {
+  } else if (chunks <= 128) {
     f.template operator()<32, 4>();
-  } else if constexpr (MAXP >= 8) {
-    if (chunks <= 256 || MAXP == 8) {
-      f.template operator()<32, 8>();
-    } else if constexpr (MAXP == 16) {
-      f.template operator()<32, 16>();
+  } else if (chunks <= 32 * MAXP) {
+    if constexpr (MAXP >= 8) {
+      if (chunks <= 256) {
+        f.template operator()<32, 8>();
+      } else if constexpr (MAXP == 16) {
+        f.template operator()<32, 16>();
+      }
     }
+  } else if (chunks <= 128 * MAXP) {
+    f.template operator()<128, MAXP>();
+  } else if (chunks <= 256 * MAXP) {
+    f.template operator()<256, MAXP>();
+  } else if constexpr (MAXP <= 8) {
+    f.template operator()<512, MAXP>();
   }
 }
+
+// Most 16-byte chunks per thread in the forward tiers (0: no tiers): as many
+// registers of scores (64 floats) for fp16 / bf16 and fp32.
+template <typename T>
+constexpr int kTierMaxP = std::is_same_v<T, double> ? 0 : (sizeof(T) == 4 ? 16 : 8);
 
 // The one place that picks a kernel: the register tiers for the fp16, bf16
 // and fp32 rows they hold (no mask or bias tensor), else a warp per row up to
 // kWarpRowMax keys, else a block per row.
-template <typename T>
-constexpr int kTierMaxP = std::is_same_v<T, double> ? 0 : (sizeof(T) == 4 ? 16 : 8);
-
 template <typename T, bool LOG>
 void launch_forward(const SoftmaxArgs& a, cudaStream_t stream) {
   if constexpr (kTierMaxP<T> > 0) {
-    if (const int64_t chunks = tier_chunks<T>(a, 32 * kTierMaxP<T>)) {
+    if (const int64_t chunks = tier_chunks<T>(a, kTierMaxChunks<kTierMaxP<T>>)) {
       const RowDiv d{cuda::FastDiv(a.Tq), cuda::FastDiv(a.H)};
       with_tier<kTierMaxP<T>>(chunks, [&]<int G, int P>() {
-        const int64_t grid = (a.rows() + kTierBlock / G - 1) / (kTierBlock / G);
+        constexpr int kRows = kTierBlock<G> / G;  // rows per block
+        const int64_t grid = (a.rows() + kRows - 1) / kRows;
         softmax_tier_forward_kernel<T, G, P, LOG>
-            <<<static_cast<unsigned>(grid), kTierBlock, 0, stream>>>(a, d);
+            <<<static_cast<unsigned>(grid), kTierBlock<G>, 0, stream>>>(a, d);
       });
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
@@ -729,17 +767,18 @@ void launch_forward(const SoftmaxArgs& a, cudaStream_t stream) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// As launch_forward; the tiers hold y and dy, so rows of half the length
-// (1024 keys).
+// As launch_forward; the tiers hold y and dy, so half the chunks per thread
+// (rows of up to 16K keys, every dtype).
 template <typename T, bool LOG>
 void launch_backward(const SoftmaxArgs& a, cudaStream_t stream) {
   if constexpr (kTierMaxP<T> > 0) {
-    if (const int64_t chunks = tier_chunks<T>(a, 32 * kTierMaxP<T> / 2)) {
+    if (const int64_t chunks = tier_chunks<T>(a, kTierMaxChunks<kTierMaxP<T> / 2>)) {
       const RowDiv d{cuda::FastDiv(a.Tq), cuda::FastDiv(a.H)};
       with_tier<kTierMaxP<T> / 2>(chunks, [&]<int G, int P>() {
-        const int64_t grid = (a.rows() + kTierBlock / G - 1) / (kTierBlock / G);
+        constexpr int kRows = kTierBlock<G> / G;  // rows per block
+        const int64_t grid = (a.rows() + kRows - 1) / kRows;
         softmax_tier_backward_kernel<T, G, P, LOG>
-            <<<static_cast<unsigned>(grid), kTierBlock, 0, stream>>>(a, d);
+            <<<static_cast<unsigned>(grid), kTierBlock<G>, 0, stream>>>(a, d);
       });
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
