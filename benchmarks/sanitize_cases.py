@@ -34,7 +34,9 @@ def main():
             xn[1, 0, 2, -1] = float("inf")
             for kw in (dict(lengths=L), dict(lengths=L, causal=True, q_lengths=QL, window=(4, 1)),
                        dict(mask=mask, bias=bias, lengths=L, scale=0.5), {},
-                       dict(window=(None, sys.maxsize), lengths=L)):
+                       dict(window=(None, sys.maxsize), lengths=L),
+                       dict(lengths=L, causal=True, softcap=5.0,
+                            sinks=torch.randn(2, 1, device=dev, dtype=dtype))):
                 for fn in (maskext.masked_softmax, maskext.masked_log_softmax):
                     xr = x.detach().clone().requires_grad_()
                     y = fn(xr, **kw)

@@ -204,7 +204,8 @@ void fill_layout(const char* op, const at::Tensor& data, const MaskDesc& desc,
 
 SoftmaxProblem prepare_softmax_forward(
     const char* op, const at::Tensor& x, const std::optional<at::Tensor>& mask,
-    const std::optional<at::Tensor>& bias, const MaskDesc& desc, double scale, double softcap) {
+    const std::optional<at::Tensor>& bias, const MaskDesc& desc, double scale, double softcap,
+    const std::optional<at::Tensor>& sinks) {
   SoftmaxProblem p;
   fill_layout(op, x, desc, "x", p);
   SoftmaxArgs& a = p.args;
@@ -231,6 +232,22 @@ SoftmaxProblem prepare_softmax_forward(
     p.bias4 = as_4d(bias->expand(x.sizes()));
     a.bias = p.bias4.data_ptr();
     for (int d = 0; d < 4; ++d) a.bs[d] = p.bias4.stride(d);
+  }
+  if (sinks) {
+    TORCH_CHECK(is_float_type(sinks->scalar_type()), "maskext::", op,
+                ": sinks must be float16, bfloat16, float32 or float64, got ",
+                sinks->scalar_type());
+    const auto rows = x.sizes().slice(0, x.dim() - 1);
+    TORCH_CHECK(broadcasts_to(sinks->sizes(), rows), "maskext::", op, ": sinks of shape ",
+                sinks->sizes(), " does not broadcast to x.shape[:-1] = ", rows);
+    check_device(op, "sinks", *sinks, "x", x);
+    // Converted while still small (e.g. one per head), then broadcast by strides
+    // (a trailing size-1 key dim makes it x-shaped for as_4d; if flattening the
+    // middle dims must copy, the copy is one value per row, not per score).
+    const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    p.sinks4 = as_4d(sinks->to(acc).expand(rows).unsqueeze(-1));
+    a.sinks = p.sinks4.data_ptr();
+    for (int d = 0; d < 3; ++d) a.ss[d] = p.sinks4.stride(d);
   }
   return p;
 }

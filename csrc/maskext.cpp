@@ -21,10 +21,14 @@ TORCH_LIBRARY(maskext, m) {
   // q_offset_value an int (neither: Tk - Tq); chunk 0 = none; prefix_lengths a
   // [B] tensor or prefix_value an int (0 = none). softcap > 0 (forward only): the
   // score is softcap * tanh(scale * x / softcap), then bias is added; 0 = none.
+  // sinks (forward only): one extra logit per row, broadcastable to x.shape[:-1],
+  // in every row's normaliser and dropped from the output. The backward ops need
+  // neither: with y and dy alone they give the same dx.
   m.def("masked_softmax(Tensor x, Tensor? mask, Tensor? bias, Tensor? lengths, "
         "Tensor? q_lengths, bool causal, int window_left, int window_right, float scale, "
         "Tensor? q_offset=None, int? q_offset_value=None, Tensor? segment_ids=None, int chunk=0, "
-        "Tensor? prefix_lengths=None, int prefix_value=0, float softcap=0.0) -> Tensor");
+        "Tensor? prefix_lengths=None, int prefix_value=0, float softcap=0.0, "
+        "Tensor? sinks=None) -> Tensor");
   m.def("masked_softmax_backward(Tensor grad_out, Tensor out, Tensor? lengths, "
         "Tensor? q_lengths, bool causal, int window_left, int window_right, float scale, "
         "Tensor? q_offset=None, int? q_offset_value=None, Tensor? segment_ids=None, int chunk=0, "
@@ -32,7 +36,8 @@ TORCH_LIBRARY(maskext, m) {
   m.def("masked_log_softmax(Tensor x, Tensor? mask, Tensor? bias, Tensor? lengths, "
         "Tensor? q_lengths, bool causal, int window_left, int window_right, float scale, "
         "Tensor? q_offset=None, int? q_offset_value=None, Tensor? segment_ids=None, int chunk=0, "
-        "Tensor? prefix_lengths=None, int prefix_value=0, float softcap=0.0) -> Tensor");
+        "Tensor? prefix_lengths=None, int prefix_value=0, float softcap=0.0, "
+        "Tensor? sinks=None) -> Tensor");
   m.def("masked_log_softmax_backward(Tensor grad_out, Tensor out, Tensor? lengths, "
         "Tensor? q_lengths, bool causal, int window_left, int window_right, float scale, "
         "Tensor? q_offset=None, int? q_offset_value=None, Tensor? segment_ids=None, int chunk=0, "

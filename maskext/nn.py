@@ -10,32 +10,37 @@ from . import ops
 
 class MaskedSoftmax(nn.Module):
     """``maskext.masked_softmax`` as a module: the mask kind (``causal``,
-    ``window``, ``chunk``, ``scale``) is fixed at construction, the per-batch
-    parts (``mask``, ``lengths``, ``q_lengths``, ``bias``, ``q_offset``,
-    ``segment_ids``, ``prefix_lengths``) are given to ``forward``; or the whole
-    description as ``forward(x, spec=maskext.MaskSpec(...))``, for a module
-    built without ``causal``, ``window`` and ``chunk``."""
+    ``window``, ``chunk``) and the score transform (``scale``, ``softcap``) are
+    fixed at construction, the per-batch parts (``mask``, ``lengths``,
+    ``q_lengths``, ``bias``, ``q_offset``, ``segment_ids``, ``prefix_lengths``,
+    ``sinks``) are given to ``forward``; or the whole description as
+    ``forward(x, spec=maskext.MaskSpec(...))``, for a module built without
+    ``causal``, ``window`` and ``chunk``."""
 
     def __init__(self, *, causal: bool = False, window: Optional[Sequence[Optional[int]]] = None,
-                 scale: Optional[float] = None, chunk: Optional[int] = None):
+                 scale: Optional[float] = None, chunk: Optional[int] = None,
+                 softcap: Optional[float] = None):
         super().__init__()
         self.causal = causal
         self.window = None if window is None else tuple(window)
         self.scale = scale
         self.chunk = chunk
+        self.softcap = softcap
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optional[Tensor] = None,
                 q_lengths: Optional[Tensor] = None, bias: Optional[Tensor] = None,
                 q_offset=None, segment_ids: Optional[Tensor] = None,
-                prefix_lengths=None, spec: Optional[ops.MaskSpec] = None) -> Tensor:
+                prefix_lengths=None, spec: Optional[ops.MaskSpec] = None,
+                sinks: Optional[Tensor] = None) -> Tensor:
         return ops.masked_softmax(x, mask, lengths=lengths, q_lengths=q_lengths, causal=self.causal,
                                   window=self.window, scale=self.scale, bias=bias,
                                   q_offset=q_offset, segment_ids=segment_ids, chunk=self.chunk,
-                                  prefix_lengths=prefix_lengths, spec=spec)
+                                  prefix_lengths=prefix_lengths, spec=spec, softcap=self.softcap,
+                                  sinks=sinks)
 
     def extra_repr(self) -> str:
         return (f"causal={self.causal}, window={self.window}, scale={self.scale}, "
-                f"chunk={self.chunk}")
+                f"chunk={self.chunk}, softcap={self.softcap}")
 
 
 class MaskGenerator(nn.Module):

@@ -305,13 +305,13 @@ def _softcap_arg(op: str, softcap) -> float:
 
 
 def _softmax_args(op, x, mask, lengths, q_lengths, causal, window, scale, bias, q_offset,
-                  segment_ids, chunk, prefix_lengths, spec, softcap):
+                  segment_ids, chunk, prefix_lengths, spec, softcap, sinks):
     """The public arguments, checked, in the op schema's order."""
     head, tail = _mask_args(op, spec, lengths, q_lengths, causal, window, q_offset, segment_ids,
                             chunk, prefix_lengths)
     return (_tensor_arg(op, "x", x, optional=False), _tensor_arg(op, "mask", mask),
             _tensor_arg(op, "bias", bias), *head, 1.0 if scale is None else float(scale), *tail,
-            _softcap_arg(op, softcap))
+            _softcap_arg(op, softcap), _tensor_arg(op, "sinks", sinks))
 
 
 def masked_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optional[Tensor] = None,
@@ -320,7 +320,7 @@ def masked_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optiona
                    bias: Optional[Tensor] = None, q_offset=None,
                    segment_ids: Optional[Tensor] = None, chunk: Optional[int] = None,
                    prefix_lengths=None, spec: Optional[MaskSpec] = None,
-                   softcap: Optional[float] = None) -> Tensor:
+                   softcap: Optional[float] = None, sinks: Optional[Tensor] = None) -> Tensor:
     """Softmax over the last dim of ``scale * x + bias`` restricted to the visible keys.
 
     The fused replacement for ``(scale * x + bias).masked_fill(~mask, -inf).softmax(-1)``
@@ -334,6 +334,12 @@ def masked_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optiona
       :class:`MaskSpec` holding these instead (not both).
     * ``softcap`` (float > 0, Gemma 2): the score is ``softcap * tanh(scale * x /
       softcap)`` before ``bias`` is added, in the same pass; gradient included.
+    * ``sinks`` (attention sinks, gpt-oss): float tensor broadcastable to
+      ``x.shape[:-1]`` (one per head: ``(H, 1)``), one extra logit per row that
+      joins the normaliser and is dropped from the output: ``p_j = exp(z_j) /
+      (exp(sink) + sum of exp(z_k) over the visible k)``, so a row sums to less
+      than 1. Not scaled, capped or biased. A fully masked row is still all 0.
+      Gets a gradient (summed over broadcast dims) when it requires one.
     * ``mask``: bool, broadcastable to ``x``, True = keep; read with broadcast
       strides, never expanded in memory.
     * ``bias``: x's dtype, broadcastable to ``x``, added after ``scale``;
@@ -343,8 +349,8 @@ def masked_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optiona
     Accumulation is in fp32 (fp64 for fp64 inputs).
     """
     args = _softmax_args("masked_softmax", x, mask, lengths, q_lengths, causal, window, scale, bias,
-                         q_offset, segment_ids, chunk, prefix_lengths, spec, softcap)
-    return _call(_ops.masked_softmax, (x, bias), *args)
+                         q_offset, segment_ids, chunk, prefix_lengths, spec, softcap, sinks)
+    return _call(_ops.masked_softmax, (x, bias, sinks), *args)
 
 
 def masked_log_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optional[Tensor] = None,
@@ -353,7 +359,8 @@ def masked_log_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Opt
                        scale: Optional[float] = None, bias: Optional[Tensor] = None,
                        q_offset=None, segment_ids: Optional[Tensor] = None,
                        chunk: Optional[int] = None, prefix_lengths=None,
-                       spec: Optional[MaskSpec] = None, softcap: Optional[float] = None) -> Tensor:
+                       spec: Optional[MaskSpec] = None, softcap: Optional[float] = None,
+                       sinks: Optional[Tensor] = None) -> Tensor:
     """``log_softmax`` over the visible keys; the arguments are those of :func:`masked_softmax`.
 
     Visible positions equal ``log_softmax`` over the visible ones. Masked
@@ -364,8 +371,8 @@ def masked_log_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Opt
     clamped to it and then counts as masked.)
     """
     args = _softmax_args("masked_log_softmax", x, mask, lengths, q_lengths, causal, window, scale,
-                         bias, q_offset, segment_ids, chunk, prefix_lengths, spec, softcap)
-    return _call(_ops.masked_log_softmax, (x, bias), *args)
+                         bias, q_offset, segment_ids, chunk, prefix_lengths, spec, softcap, sinks)
+    return _call(_ops.masked_log_softmax, (x, bias, sinks), *args)
 
 
 # The schema's mask arguments after scale, with their defaults (a direct call of
@@ -415,11 +422,13 @@ def _saved_rows(ctx, n_extra):
 def _softmax_setup_context(ctx, inputs, output):
     x, mask, bias, lengths, q_lengths, causal, wl, wr, scale = inputs[:9]
     softcap = inputs[15] if len(inputs) > 15 else 0.0
+    sinks = inputs[16] if len(inputs) > 16 else None
     # x is needed only for the softcap's derivative
     _save_rows(ctx, _Rows((lengths, q_lengths, causal, wl, wr), inputs[9:15]), output,
                x if softcap > 0 else None)
     ctx.scale, ctx.softcap = scale, softcap
     ctx.bias_shape = None if bias is None else bias.shape
+    ctx.sinks_meta = None if sinks is None else (sinks.shape, sinks.dtype)
     ctx.n_inputs = len(inputs)
 
 
@@ -430,27 +439,34 @@ def _softmax_backward_for(backward_op):
         (y, x), rows = _saved_rows(ctx, 2)
         scale, softcap = ctx.scale, ctx.softcap
         need_x, need_bias = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
-        dx = dbias = None
-        if softcap > 0:
-            # z = c * tanh(scale * x / c) + bias: dz/dx = scale * (1 - tanh^2). dz is 0
-            # outside the visible keys, where x may hold anything (inf, NaN).
-            dz = _call(backward_op, (grad, y), grad, y, *rows.args(1.0))
-            if need_bias:
-                dbias = dz.sum_to_size(ctx.bias_shape)
-            if need_x:
-                acc = _acc_dtype(x.dtype)
-                t = torch.tanh(x.to(acc) * (scale / softcap))
-                dza = dz.to(acc)
-                dx = torch.where(dza == 0, 0.0, dza * (scale * (1 - t * t))).to(x.dtype)
-        elif need_bias:
-            # d(loss)/d(scale * x + bias) once; x's gradient is that times scale.
-            dz = _call(backward_op, (grad, y), grad, y, *rows.args(1.0))
+        need_sinks = ctx.sinks_meta is not None and ctx.needs_input_grad[16]
+        dx = dbias = dsinks = None
+        if not (softcap > 0 or need_bias or need_sinks):
+            if need_x:  # the common case: scale folded into the one fused pass
+                dx = _call(backward_op, (grad, y), grad, y, *rows.args(scale))
+            return (dx,) + (None,) * (ctx.n_inputs - 1)
+        # dz = d(loss)/d(score) once, score = softcap(scale * x) + bias.
+        dz = _call(backward_op, (grad, y), grad, y, *rows.args(1.0))
+        if need_bias:
             dbias = dz.sum_to_size(ctx.bias_shape)
-            if need_x:
-                dx = dz * scale
+        if need_sinks:
+            # Adding one constant to every visible score and to the sink changes
+            # nothing, so d(sink) = -(the row's sum of dz): no pass over y.
+            shape, dtype = ctx.sinks_meta
+            dsinks = dz.sum(-1, dtype=_acc_dtype(dz.dtype)).neg().sum_to_size(shape).to(dtype)
+        if need_x and softcap > 0:
+            # dscore/dx = scale * (1 - tanh^2). dz is 0 outside the visible keys,
+            # where x may hold anything (inf, NaN).
+            acc = _acc_dtype(x.dtype)
+            t = torch.tanh(x.to(acc) * (scale / softcap))
+            dza = dz.to(acc)
+            dx = torch.where(dza == 0, 0.0, dza * (scale * (1 - t * t))).to(x.dtype)
         elif need_x:
-            dx = _call(backward_op, (grad, y), grad, y, *rows.args(scale))
-        return (dx, None, dbias) + (None,) * (ctx.n_inputs - 3)
+            dx = dz * scale
+        grads = [dx, None, dbias] + [None] * (ctx.n_inputs - 3)
+        if ctx.sinks_meta is not None:
+            grads[16] = dsinks
+        return tuple(grads)
     return backward
 
 
@@ -804,9 +820,10 @@ def _lengths_from_padded_fake(x, pad_value, dim):
 def _softmax_fake_for(op):
     def fake(x, mask, bias, lengths, q_lengths, causal, wl, wr, scale, q_offset=None,
              q_offset_value=None, segment_ids=None, chunk=0, prefix_lengths=None, prefix_value=0,
-             softcap=0.0):
+             softcap=0.0, sinks=None):
         _check_devices(op, "x", x, lengths=lengths, q_lengths=q_lengths, mask=mask, bias=bias,
-                       q_offset=q_offset, segment_ids=segment_ids, prefix_lengths=prefix_lengths)
+                       q_offset=q_offset, segment_ids=segment_ids, prefix_lengths=prefix_lengths,
+                       sinks=sinks)
         return _contiguous_empty(x)
     return fake
 

@@ -107,17 +107,27 @@ def masked_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Optiona
                    window: Optional[Sequence[Optional[int]]] = None,
                    scale: Optional[float] = None, bias: Optional[Tensor] = None,
                    compute_dtype: torch.dtype = torch.float64, softcap: Optional[float] = None,
-                   **kinds) -> Tensor:
+                   sinks: Optional[Tensor] = None, **kinds) -> Tensor:
     """Computed in ``compute_dtype`` (float64 by default), returned in x's dtype.
     ``kinds``: ``q_offset``, ``segment_ids``, ``chunk``, ``prefix_lengths``, as
     :func:`visible`. ``softcap``: the score is ``softcap * tanh(scale * x /
-    softcap)``, then ``bias`` is added.
+    softcap)``, then ``bias`` is added. ``sinks``: gpt-oss's way, one more
+    logit per row concatenated to the scores, its probability dropped.
 
     NaN: a NaN (or +inf) visible score makes every visible output of its row
     NaN, as ``torch.softmax``; masked positions stay 0 whatever they hold."""
     z, keep = _masked_scores(x, mask, lengths, q_lengths, causal, window, scale, bias,
                              compute_dtype, kinds, softcap)
-    return torch.where(keep, torch.softmax(z, -1), 0.0).to(x.dtype)
+    return torch.where(keep, _with_sinks(torch.softmax, z, sinks), 0.0).to(x.dtype)
+
+
+def _with_sinks(fn, z: Tensor, sinks: Optional[Tensor]) -> Tensor:
+    """fn (softmax or log_softmax) over the last dim of z with one sink logit
+    appended to each row, the sink's own output dropped."""
+    if sinks is None:
+        return fn(z, -1)
+    s = sinks.to(z.dtype).expand(z.shape[:-1]).unsqueeze(-1)
+    return fn(torch.cat([z, s], -1), -1)[..., :-1]
 
 
 def _masked_scores(x, mask, lengths, q_lengths, causal, window, scale, bias, compute_dtype,
@@ -149,13 +159,15 @@ def masked_log_softmax(x: Tensor, mask: Optional[Tensor] = None, *,
                        causal: bool = False, window: Optional[Sequence[Optional[int]]] = None,
                        scale: Optional[float] = None, bias: Optional[Tensor] = None,
                        compute_dtype: torch.dtype = torch.float64,
-                       softcap: Optional[float] = None, **kinds) -> Tensor:
+                       softcap: Optional[float] = None, sinks: Optional[Tensor] = None,
+                       **kinds) -> Tensor:
     """Masked positions and fully masked rows: ``finfo(x.dtype).min``, and so is
     a visible log-probability below it. NaN as in :func:`masked_softmax`."""
     z, keep = _masked_scores(x, mask, lengths, q_lengths, causal, window, scale, bias,
                              compute_dtype, kinds, softcap)
     lowest = torch.finfo(x.dtype).min
-    return torch.where(keep, torch.log_softmax(z, -1).clamp(min=lowest), lowest).to(x.dtype)
+    logp = _with_sinks(torch.log_softmax, z, sinks)
+    return torch.where(keep, logp.clamp(min=lowest), lowest).to(x.dtype)
 
 
 def _steps_mask(x: Tensor, lengths: Tensor, dim: int, left_pad: bool = False) -> Tensor:

@@ -354,3 +354,130 @@ def test_softcap_errors_opcheck_compile(device):
     want = torch.autograd.grad(f(x, bias), (x, bias), dy)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
+
+
+# ---------------------------------------------------------------- sinks
+
+def _gpt_oss_eager(x, bias, sinks, scale):
+    """gpt-oss's eager attention probabilities: the sink logit concatenated to
+    every row of the (additively masked) scores, its probability dropped."""
+    z = x * scale + bias
+    s = sinks.reshape(1, -1, 1, 1).expand(z.shape[0], -1, z.shape[2], 1)
+    z = torch.cat([z, s], -1)
+    z = z - z.max(-1, keepdim=True).values
+    return torch.softmax(z, -1)[..., :-1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, f64])
+@pytest.mark.parametrize("Tk", [7, 97, 1025])
+def test_sinks_match_reference(device, dtype, Tk):
+    B, H, Tq = 3, 2, 4
+    x = (torch.randn(B, H, Tq, Tk, device=device) * 4).to(dtype)
+    L = torch.tensor([Tk, 2, 0], device=device)
+    shapes = [(H, 1), (), (B, H, Tq), (Tq,)]
+    cases = [dict(lengths=L, causal=True, scale=0.5),
+             dict(mask=torch.rand(B, 1, Tq, Tk, device=device) > 0.3,
+                  bias=torch.randn(Tq, Tk, device=device).to(dtype), window=(3, 2), softcap=5.0),
+             dict(segment_ids=rand_segments(B, Tk, device), causal=True, prefix_lengths=1,
+                  q_offset=torch.tensor([0, 3, Tk - 4], device=device))]
+    for kw, shape in itertools.product(cases, shapes):
+        for sinks_dtype in {dtype, torch.float32}:
+            sinks = (torch.randn(shape, device=device) * 3).to(sinks_dtype)
+            for fn in ("masked_softmax", "masked_log_softmax"):
+                got = getattr(maskext, fn)(x, sinks=sinks, **kw)
+                want = getattr(R, fn)(x, sinks=sinks, **kw)
+                vis = R.masked_softmax(x.double(), sinks=sinks, **kw) > 0
+                assert not got.isnan().any()
+                _close(got[vis], want[vis], dtype)
+                assert torch.equal(got[~vis], want[~vis])
+            if dtype == f64:  # the sink keeps its share of every row
+                assert (maskext.masked_softmax(x, sinks=sinks, **kw).sum(-1) < 1).all()
+            if "lengths" in kw:  # lengths[2] == 0: fully masked rows stay 0
+                assert (maskext.masked_softmax(x, sinks=sinks, **kw)[2] == 0).all()
+
+
+def test_sinks_are_gpt_oss_eager(device):
+    B, H, Tq, Tk = 2, 4, 5, 9
+    x = torch.randn(B, H, Tq, Tk, device=device) * 3
+    sinks = torch.randn(H, device=device)
+    keep = R.visible(Tq, Tk, torch.tensor([9, 6], device=device), causal=True, device=device)
+    bias = torch.zeros(keep.shape, device=device).masked_fill(~keep, torch.finfo(x.dtype).min)
+    got = maskext.masked_softmax(x, scale=0.3, bias=bias, sinks=sinks.view(H, 1))
+    torch.testing.assert_close(got, _gpt_oss_eager(x, bias, sinks, 0.3))
+    spec = maskext.MaskSpec(lengths=torch.tensor([9, 6], device=device), causal=True)
+    torch.testing.assert_close(maskext.masked_softmax(x, scale=0.3, spec=spec, sinks=sinks.view(H, 1)),
+                               got)
+
+
+def test_sinks_special_values(device):
+    """-inf is no sink; NaN or +inf poisons the row's visible outputs (as the
+    concatenated softmax does); masked and fully masked rows keep their value."""
+    x = torch.randn(3, 1, 2, 6, device=device)
+    L = torch.tensor([6, 3, 0], device=device)
+    none = maskext.masked_softmax(x, lengths=L, sinks=torch.tensor(float("-inf"), device=device))
+    assert torch.equal(none, maskext.masked_softmax(x, lengths=L))
+    for bad in (float("nan"), float("inf")):
+        for fn in (maskext.masked_softmax, maskext.masked_log_softmax):
+            got = fn(x, lengths=L, sinks=torch.tensor([bad, 0.0], device=device))
+            want = getattr(R, fn.__name__)(x, lengths=L, sinks=torch.tensor([bad, 0.0], device=device))
+            torch.testing.assert_close(got, want, equal_nan=True)
+            assert got[0, :, 0, :].isnan().all() and not got[0, :, 1, :].isnan().any()
+            assert not got[1, :, 0, 3:].isnan().any() and not got[2].isnan().any()
+
+
+@pytest.mark.parametrize("fn", [maskext.masked_softmax, maskext.masked_log_softmax],
+                         ids=["softmax", "log_softmax"])
+def test_sinks_gradchecks(device, fn):
+    x = (torch.randn(3, 2, 4, 6, device=device, dtype=f64) * 3).requires_grad_()
+    bias = torch.randn(1, 2, 4, 6, device=device, dtype=f64, requires_grad=True)
+    sinks = torch.randn(2, 1, device=device, dtype=f64, requires_grad=True)
+    kw = dict(mask=torch.rand(3, 1, 4, 6, device=device) > 0.2, scale=0.7,
+              lengths=torch.tensor([6, 3, 0], device=device), causal=True)
+    for extra in (dict(), dict(softcap=2.5)):
+        f = lambda x, b, s: fn(x, bias=b, sinks=s, **kw, **extra)
+        assert torch.autograd.gradcheck(f, (x, bias, sinks))
+        assert torch.autograd.gradgradcheck(f, (x, bias, sinks))
+        assert torch.autograd.gradcheck(lambda s: fn(x.detach(), sinks=s, **kw, **extra), (sinks,))
+        dy = torch.randn_like(x)
+        for leaves in ((x, sinks), (sinks,), (x, bias, sinks)):
+            b = bias if len(leaves) == 3 else None
+            xx = x if any(t is x for t in leaves) else x.detach()
+            got = torch.autograd.grad(fn(xx, bias=b, sinks=sinks, **kw, **extra), leaves, dy)
+            want = torch.autograd.grad(getattr(R, fn.__name__)(xx, bias=b, sinks=sinks, **kw, **extra),
+                                       leaves, dy)
+            for g, w in zip(got, want):
+                torch.testing.assert_close(g, w)
+
+
+def test_sinks_errors_opcheck_compile(device):
+    x = torch.randn(3, 2, 5, 7, device=device, requires_grad=True)
+    with pytest.raises(TypeError, match=r"masked_softmax: sinks must be a torch.Tensor, got float"):
+        maskext.masked_softmax(x, sinks=1.0)
+    with pytest.raises(RuntimeError, match=r"masked_log_softmax: sinks of shape \[2, 7\] does not broadcast to x.shape\[:-1\] = \[3, 2, 5\]"):
+        maskext.masked_log_softmax(x, sinks=torch.zeros(2, 7, device=device))
+    with pytest.raises(RuntimeError, match=r"masked_softmax: sinks must be float16, bfloat16, float32 or float64, got Long"):
+        maskext.masked_softmax(x, sinks=torch.zeros(2, 1, dtype=torch.int64, device=device))
+    L = torch.tensor([7, 0, 3], device=device)
+    sinks = torch.randn(2, 1, device=device, requires_grad=True)
+    for op in (torch.ops.maskext.masked_softmax, torch.ops.maskext.masked_log_softmax):
+        torch.library.opcheck(op, (x, None, None, L, None, True, -1, -1, 0.5, None, None, None, 0,
+                                   None, 0, 0.0, sinks))
+
+    def f(x, sinks):
+        return maskext.masked_softmax(x, lengths=L, causal=True, sinks=sinks, softcap=3.0) * 2
+
+    dy = torch.randn_like(x)
+    y = torch.compile(f, fullgraph=True)(x, sinks)
+    got = torch.autograd.grad(y, (x, sinks), dy)
+    want = torch.autograd.grad(f(x, sinks), (x, sinks), dy)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+def test_module_softcap_and_sinks(device):
+    x = torch.randn(2, 3, 4, 5, device=device) * 10
+    sinks = torch.randn(3, 1, device=device)
+    sm = maskext.nn.MaskedSoftmax(causal=True, scale=0.5, softcap=4.0)
+    assert "softcap=4.0" in repr(sm)
+    torch.testing.assert_close(sm(x, sinks=sinks),
+                               R.masked_softmax(x, causal=True, scale=0.5, softcap=4.0, sinks=sinks))

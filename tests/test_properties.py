@@ -134,6 +134,11 @@ def softmax_cases(draw):
         kw["scale"] = draw(st.sampled_from([0.5, 1.7, -1.0]))
     if draw(st.booleans()):
         kw["softcap"] = draw(st.sampled_from([0.7, 5.0, 30.0]))
+    if draw(st.booleans()):  # sinks: any float dtype, NaN/+inf poison the row, -inf is none
+        sinks = _tensor(draw, _broadcast_shape(draw, shape[:-1]), draw(st.sampled_from(FLOATS)),
+                        gen)
+        special = _poke(draw, sinks, [float("nan"), float("inf"), float("-inf")]) or special
+        kw["sinks"] = sinks
     return x, kw, special
 
 
@@ -159,13 +164,14 @@ def test_softmax_matches_reference(device, name, case, grad_seed):
         gen = torch.Generator().manual_seed(grad_seed)
         dy = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(device)
         leaves = [x.detach().requires_grad_()]
-        bias = kw.pop("bias", None)
-        if bias is not None:
-            leaves.append(bias.detach().requires_grad_())
-            kw["bias"] = leaves[1]
+        for name in ("bias", "sinks"):
+            if kw.get(name) is not None:
+                kw[name] = kw[name].detach().requires_grad_()
+                leaves.append(kw[name])
         got = torch.autograd.grad(ours(leaves[0], **kw), leaves, dy)
         want = torch.autograd.grad(ref(leaves[0], **kw), leaves, dy)
-        for g, w in zip(got, want):
+        for g, w, leaf in zip(got, want, leaves):
+            atol, rtol = max(TOL[leaf.dtype], TOL[x.dtype])  # computed in x's precision
             torch.testing.assert_close(g, w, atol=10 * atol, rtol=10 * rtol)
 
 

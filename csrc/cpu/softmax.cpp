@@ -167,6 +167,7 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
   using Vec = at::vec::Vectorized<acc_t>;
   const auto* x = static_cast<const scalar_t*>(a.x);
   const auto* bias = static_cast<const scalar_t*>(a.bias);
+  const auto* sinks = static_cast<const acc_t*>(a.sinks);
   auto* out = static_cast<scalar_t*>(a.out);
   const acc_t scale = static_cast<acc_t>(a.scale);
   const acc_t softcap = static_cast<acc_t>(a.softcap);
@@ -217,6 +218,9 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
         std::fill(o + lo, o + hi, masked);
         return;
       }
+      // The sink joins the normaliser as one more score (a NaN one poisons the row).
+      const acc_t sink = sinks != nullptr ? sinks[row_offset(a.ss, ix)] : neg_inf;
+      if (sink > mx || sink != sink) mx = sink;
       if (!(mx < -neg_inf)) {
         // A NaN or +inf score: as torch.softmax, every visible output is NaN;
         // masked positions (-inf here) keep the masked value, as always. The
@@ -229,12 +233,12 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
       if constexpr (LOG) {
         const acc_t sum = at::vec::map_reduce_all<acc_t>(
             [mx](Vec v) { return (v - Vec(mx)).exp(); }, [](Vec p, Vec q) { return p + q; }, z, n);
-        const acc_t lse = mx + std::log(sum);
+        const acc_t lse = mx + std::log(sum + std::exp(sink - mx));
         // -inf (masked) and anything below finfo.min become finfo.min.
         store_mapped(z, o + lo, n,
                      [lse, bias_min](Vec v) { return at::vec::maximum(v - Vec(lse), Vec(bias_min)); });
       } else {
-        const acc_t inv = acc_t(1) / exp_sum_inplace(z, n, mx);
+        const acc_t inv = acc_t(1) / (exp_sum_inplace(z, n, mx) + std::exp(sink - mx));
         store_mapped(z, o + lo, n, [inv](Vec v) { return v * Vec(inv); });
       }
     };
@@ -336,12 +340,12 @@ at::Tensor forward_cpu(const at::Tensor& x, const std::optional<at::Tensor>& mas
                        std::optional<int64_t> q_offset_value,
                        const std::optional<at::Tensor>& segment_ids, int64_t chunk,
                        const std::optional<at::Tensor>& prefix_lengths, int64_t prefix_value,
-                       double softcap) {
+                       double softcap, const std::optional<at::Tensor>& sinks) {
   auto p = prepare_softmax_forward(LOG ? "masked_log_softmax" : "masked_softmax", x, mask, bias,
                                    mask_desc(lengths, q_lengths, causal, window_left,
                                              window_right, q_offset, q_offset_value, segment_ids,
                                              chunk, prefix_lengths, prefix_value),
-                                   scale, softcap);
+                                   scale, softcap, sinks);
   if (p.out.numel() == 0) return p.out;
   advise_huge_pages(p.out);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_softmax",

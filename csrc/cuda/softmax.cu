@@ -186,6 +186,10 @@ __global__ void __launch_bounds__(BLOCK) softmax_forward_kernel(SoftmaxArgs a) {
       cuda::fill(o + lo, n, masked, tid, THREADS);
       continue;
     }
+    if (a.sinks != nullptr) {  // the sink joins the normaliser as one more score
+      ms.merge(static_cast<const acc_t*>(a.sinks)[p.b * a.ss[0] + p.h * a.ss[1] + p.i * a.ss[2]],
+               acc_t(1));
+    }
 
     // Pass 2: normalise. A NaN or +inf score (s NaN or m +inf) makes every
     // visible output NaN, as torch.softmax and the CPU kernel; masked
@@ -806,12 +810,12 @@ at::Tensor forward_cuda(const at::Tensor& x, const std::optional<at::Tensor>& ma
                         std::optional<int64_t> q_offset_value,
                         const std::optional<at::Tensor>& segment_ids, int64_t chunk,
                         const std::optional<at::Tensor>& prefix_lengths, int64_t prefix_value,
-                       double softcap) {
+                        double softcap, const std::optional<at::Tensor>& sinks) {
   auto p = prepare_softmax_forward(LOG ? "masked_log_softmax" : "masked_softmax", x, mask, bias,
                                    mask_desc(lengths, q_lengths, causal, window_left,
                                              window_right, q_offset, q_offset_value, segment_ids,
                                              chunk, prefix_lengths, prefix_value),
-                                   scale, softcap);
+                                   scale, softcap, sinks);
   if (p.out.numel() == 0) return p.out;
   const c10::cuda::CUDAGuard guard(x.device());
   auto stream = c10::cuda::getCurrentCUDAStream();

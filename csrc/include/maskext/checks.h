@@ -91,12 +91,16 @@ struct SoftmaxArgs {
   int64_t bs[4] = {0, 0, 0, 0};
   double scale = 1.0;
   double softcap = 0.0;  // forward only: > 0 scores become softcap * tanh(scale * x / softcap)
+  // Forward only, optional: one extra logit per row (acc dtype: float, or double
+  // for double x), broadcast strides over (B, H, Tq).
+  const void* sinks = nullptr;
+  int64_t ss[3] = {0, 0, 0};
   MASKEXT_HD int64_t rows() const { return B * H * Tq; }
 };
 
 // Checked, canonicalised inputs: the tensors stay alive as long as this does.
 struct SoftmaxProblem {
-  at::Tensor out, x4, y4, mask4, bias4;
+  at::Tensor out, x4, y4, mask4, bias4, sinks4;
   HeldLengths held;
   SoftmaxArgs args;
 };
@@ -105,7 +109,7 @@ struct SoftmaxProblem {
 SoftmaxProblem prepare_softmax_forward(
     const char* op, const at::Tensor& x, const std::optional<at::Tensor>& mask,
     const std::optional<at::Tensor>& bias, const MaskDesc& desc, double scale,
-    double softcap = 0.0);
+    double softcap = 0.0, const std::optional<at::Tensor>& sinks = std::nullopt);
 
 SoftmaxProblem prepare_softmax_backward(
     const char* op, const at::Tensor& grad_out, const at::Tensor& out, const MaskDesc& desc,
