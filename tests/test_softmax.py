@@ -413,14 +413,17 @@ _CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device
 
 def _tier_inputs(Tk, dtype):
     """Scores whose rows start aligned, misaligned (x[..., 1:]) and with a row
-    stride that is no multiple of 16 bytes; lengths 0, 1, Tk and one between."""
+    stride that is no multiple of 16 bytes; lengths 0, 1, Tk and one between;
+    mask kinds, scales, softcap and sinks."""
     base = torch.randn(3, 2, 5, Tk + 1, device="cuda").mul(3).to(dtype)
     xs = [torch.randn(3, 2, 5, Tk, device="cuda").mul(3).to(dtype), base[..., 1:], base[..., :Tk]]
     L = torch.tensor([0, Tk, int(torch.randint(1, Tk + 1, ()))], device="cuda")
     L1 = torch.tensor([1, Tk, 1], device="cuda", dtype=torch.int32)
     QL = torch.tensor([5, 2, 0], device="cuda")
-    kws = [{}, dict(lengths=L), dict(lengths=L1, scale=0.3), dict(lengths=L, causal=True, q_lengths=QL),
-           dict(window=(3, 1), scale=-0.5), dict(lengths=L, softcap=2.0)]
+    sinks = torch.randn(2, 1, device="cuda") * 3  # per head
+    kws = [{}, dict(lengths=L), dict(lengths=L1, scale=0.3),
+           dict(lengths=L, causal=True, q_lengths=QL, sinks=sinks),
+           dict(window=(3, 1), scale=-0.5), dict(lengths=L, softcap=2.0, sinks=torch.randn(3, 2, 5, device="cuda"))]
     return xs, kws
 
 
@@ -464,9 +467,9 @@ def test_cuda_tier_backward(dtype):
 @pytest.mark.parametrize("dtype", _LOW)
 @pytest.mark.parametrize("Tk", [6, 100, 1000, 5000])  # tier A, tier B (1 chunk, 8+), tier C
 def test_cuda_tier_nan_and_inf(dtype, Tk):
-    """The NaN rule in the register tiers: a NaN or +inf visible score makes the
-    row's visible outputs NaN except at -inf scores (masked positions), which the
-    tier re-reads; an all -inf row is fully masked."""
+    """The NaN rule in the register tiers: a NaN or +inf visible score (or sink)
+    makes the row's visible outputs NaN except at -inf scores (masked positions),
+    which the tier re-reads; an all -inf row is fully masked."""
     x = torch.randn(2, 3, 4, Tk, device="cuda").to(dtype)
     x[0, 0, 0, 1] = float("nan")
     x[0, 0, 0, 2] = float("-inf")
@@ -475,8 +478,14 @@ def test_cuda_tier_nan_and_inf(dtype, Tk):
     x[1, 2, 3] = float("-inf")
     x[1, 0, 0, :Tk // 2] = float("-inf")
     L = torch.tensor([Tk, Tk - 1], device="cuda")
+    sinks = torch.randn(2, 3, 4, device="cuda")
+    sinks[1, 1, 1] = float("nan")
+    sinks[1, 2, 2] = float("inf")
+    sinks[1, 2, 3] = float("-inf")
     for fn, ref in ((maskext.masked_softmax, R.masked_softmax),
                     (maskext.masked_log_softmax, R.masked_log_softmax)):
-        got, want = fn(x, lengths=L), ref(x, lengths=L)
-        atol = 1e-5 if dtype == torch.float32 else 0.06
-        torch.testing.assert_close(got.float(), want.float(), equal_nan=True, atol=atol, rtol=1e-2)
+        for kw in (dict(lengths=L), dict(lengths=L, sinks=sinks)):
+            got, want = fn(x, **kw), ref(x, **kw)
+            atol = 1e-5 if dtype == torch.float32 else 0.06
+            torch.testing.assert_close(got.float(), want.float(), equal_nan=True, atol=atol,
+                                       rtol=1e-2)

@@ -405,17 +405,24 @@ __device__ __forceinline__ float sum_op(float a, float b) { return a + b; }
 
 // What the outputs of a row need from its max m (0 when every score is -inf)
 // and its sum s of exp(z - m): the one place where (max, sum) become the
-// normaliser, so a per-row extra logit (an attention sink) folds in here.
+// normaliser. `sink`, when not null, is the row's extra logit (attention
+// sink), one more score of the normaliser with no output of its own:
+// m' = max(m, sink), s' = s * exp(m - m') + exp(sink - m'). As in the general
+// kernels, a row whose every score is -inf (s == 0) keeps its masked outputs.
 struct RowNorm {
   float c;        // softmax: y = exp(z - m) * c
   float lse;      // log-softmax: y = z - lse
-  bool poisoned;  // a NaN or +inf visible score (s is NaN): visible outputs are NaN
+  bool poisoned;  // a NaN or +inf score or sink (s is NaN): visible outputs are NaN
 };
 
-__device__ __forceinline__ RowNorm row_norm(float m, float s) {
+__device__ __forceinline__ RowNorm row_norm(float m, float s, const float* sink) {
   // s >= 1 when some score is finite (the max adds exp(0)); s == 0 when every
   // visible score is -inf: all outputs are then the masked value.
-  return {s > 0.f ? 1.f / s : 0.f, m + logf(s), s != s};
+  if (sink == nullptr || s == 0.f) return {s > 0.f ? 1.f / s : 0.f, m + logf(s), s != s};
+  const float k = *sink;
+  const float mk = k > m ? k : m;  // a NaN sink gives s' NaN below
+  const float sk = s * fast_exp(m - mk) + fast_exp(k - mk);
+  return {fast_exp(m - mk) / sk, mk + logf(sk), sk != sk};
 }
 
 // P chunks of 16 bytes per lane as raw bits; `full[k]`: chunk k lies inside
@@ -521,6 +528,9 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kTierMinBlocks<G, P>)) softmax
 
   const float scale = static_cast<float>(a.scale);
   const float softcap = static_cast<float>(a.softcap);
+  const float* sink = a.sinks == nullptr ? nullptr
+                                         : static_cast<const float*>(a.sinks) + pos.b * a.ss[0] +
+                                               pos.h * a.ss[1] + pos.i * a.ss[2];
   const float inv_cap = a.softcap > 0 ? static_cast<float>(1.0 / a.softcap) : 0.f;
   const bool vec = same_alignment(xr, o);
   // v = the scores scale * x (softcapped), -inf outside [lo, hi).
@@ -569,7 +579,7 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kTierMinBlocks<G, P>)) softmax
 #pragma unroll
       for (int e = 0; e < VEC; ++e) s += fast_exp(v[k][e] - m);
     }
-    const RowNorm n = row_norm(m, group_reduce<G>(s, mask, part[1], sum_op));
+    const RowNorm n = row_norm(m, group_reduce<G>(s, mask, part[1], sum_op), sink);
 #pragma unroll
     for (int k = 0; k < P; ++k) {
 #pragma unroll
@@ -587,7 +597,7 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kTierMinBlocks<G, P>)) softmax
         s += v[k][e];
       }
     }
-    const RowNorm n = row_norm(m, group_reduce<G>(s, mask, part[1], sum_op));
+    const RowNorm n = row_norm(m, group_reduce<G>(s, mask, part[1], sum_op), sink);
     if (n.poisoned) {
       // Rare: NaN at every visible position but those whose score is -inf,
       // which the exps no longer tell apart: read the row again.
