@@ -117,8 +117,11 @@ __device__ __forceinline__ bool same_alignment(const void* p, const void* q) {
 // GENERAL: a mask tensor and/or a bias is present (scalar loads); otherwise
 // the scores are read with 16-byte loads. LOG: log-softmax, whose masked
 // positions are finfo(dtype).min (exp of them is exactly 0).
+// __launch_bounds__(BLOCK, 1) here and in the backward: with (BLOCK) alone
+// ptxas kept these kernels at 64 registers and spilled (the log-softmax
+// variants of fp16, bf16 and fp32).
 template <typename T, int THREADS, int BLOCK, bool GENERAL, bool LOG>
-__global__ void __launch_bounds__(BLOCK) softmax_forward_kernel(SoftmaxArgs a) {
+__global__ void __launch_bounds__(BLOCK, 1) softmax_forward_kernel(SoftmaxArgs a) {
   using acc_t = at::opmath_type<T>;
   using Pack = typename Vec16<T>::Pack;
   constexpr int VEC = Vec16<T>::N;
@@ -233,8 +236,6 @@ __global__ void __launch_bounds__(BLOCK) softmax_forward_kernel(SoftmaxArgs a) {
 // Softmax: dx = scale * y * (dy - sum(dy * y)) on [lo, hi); 0 elsewhere.
 // LOG (y = log-softmax): dx = scale * (dy - exp(y) * sum(dy)), sum and dx over
 // the positions where y != finfo.min. `a.x` is dy.
-// __launch_bounds__(BLOCK, 1): with (BLOCK) alone ptxas kept the 512-thread
-// fp16 log-softmax backward at 64 registers and spilled.
 template <typename T, int THREADS, int BLOCK, bool LOG>
 __global__ void __launch_bounds__(BLOCK, 1) softmax_backward_kernel(SoftmaxArgs a) {
   using acc_t = at::opmath_type<T>;
