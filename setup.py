@@ -182,6 +182,8 @@ setup(
     # numpy: torch does not require it, but without it `import torch` warns
     # "Failed to initialize NumPy" at every import (torch/_subclasses/functional_tensor.py).
     install_requires=["torch>=2.6", "numpy"],
+    # maskext.hf, the Hugging Face transformers backend: pip install maskext[hf]
+    extras_require={"hf": ["transformers>=5"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": build_ext_class()},
     zip_safe=False,

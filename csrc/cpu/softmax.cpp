@@ -21,34 +21,36 @@ namespace {
 // Rows are independent; a chunk should hold enough elements to be worth a task.
 int64_t row_grain(int64_t Tk) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(Tk, 1)); }
 
-// dst[0:n] = f(src[0:n]) (f maps vectors), converted to scalar_t; src is
-// used as scratch.
+// dst[0:n] = f(src[0:n]) (f maps vectors), converted to scalar_t; `scratch`
+// (n values, may be src) holds the result before a conversion.
 template <typename scalar_t, typename acc_t, typename F>
-void store_mapped(acc_t* src, scalar_t* dst, int64_t n, F f) {
+void store_mapped(const acc_t* src, scalar_t* dst, int64_t n, acc_t* scratch, F f) {
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     at::vec::map(f, dst, src, n);
   } else {
-    at::vec::map(f, src, src, n);
-    at::vec::convert(src, dst, n);
+    at::vec::map(f, scratch, src, n);
+    at::vec::convert(scratch, dst, n);
   }
 }
 
-// z[k] = exp(z[k] - mx) in place; returns the sum.
-template <typename acc_t>
-acc_t exp_sum_inplace(acc_t* z, int64_t n, acc_t mx) {
+// dst[k] = exp(src[k] * s - mx) (dst == src is fine); returns the sum. With
+// STORE false only the sum.
+template <bool STORE, typename acc_t>
+acc_t exp_sum(const acc_t* src, acc_t* dst, int64_t n, acc_t s, acc_t mx) {
   using Vec = at::vec::Vectorized<acc_t>;
-  const Vec vmx(mx);
+  const Vec vmx(mx), vs(s);
   Vec acc(acc_t(0));
   int64_t k = 0;
   for (; k + Vec::size() <= n; k += Vec::size()) {
-    const Vec e = (Vec::loadu(z + k) - vmx).exp();
-    e.store(z + k);
+    const Vec e = at::vec::fmsub(Vec::loadu(src + k), vs, vmx).exp();
+    if constexpr (STORE) e.store(dst + k);
     acc = acc + e;
   }
   acc_t sum = at::vec::vec_reduce_all<acc_t>([](Vec& p, Vec& q) { return p + q; }, acc);
   for (; k < n; ++k) {
-    z[k] = std::exp(z[k] - mx);
-    sum += z[k];
+    const acc_t e = std::exp(src[k] * s - mx);
+    if constexpr (STORE) dst[k] = e;
+    sum += e;
   }
   return sum;
 }
@@ -75,9 +77,9 @@ acc_t sum2(const acc_t* a, const acc_t* b, int64_t n, F f) {
   return at::vec::vec_reduce_all<acc_t>([](Vec& p, Vec& q) { return p + q; }, (s0 + s1) + (s2 + s3));
 }
 
-// z[0:n] = src[0:n] * scale (src == z is fine); returns the max (n > 0), with
-// four independent accumulators; NaN propagates.
-template <typename acc_t>
+// The max of src[0:n] * scale (n > 0), with four independent accumulators;
+// NaN propagates. STORE: also z[0:n] = src[0:n] * scale (src == z is fine).
+template <bool STORE, typename acc_t>
 acc_t scale_max(const acc_t* src, acc_t* z, int64_t n, acc_t scale) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
@@ -85,7 +87,7 @@ acc_t scale_max(const acc_t* src, acc_t* z, int64_t n, acc_t scale) {
   Vec m0 = lowest, m1 = lowest, m2 = lowest, m3 = lowest;
   auto step = [&](Vec& m, int64_t k) {
     const Vec v = Vec::loadu(src + k) * vs;
-    v.store(z + k);
+    if constexpr (STORE) v.store(z + k);
     m = at::vec::maximum(m, v);
   };
   int64_t k = 0;
@@ -98,7 +100,7 @@ acc_t scale_max(const acc_t* src, acc_t* z, int64_t n, acc_t scale) {
   for (; k + V <= n; k += V) step(m0, k);
   if (k < n) {
     const Vec v = Vec::loadu(src + k, n - k) * vs;
-    v.store(z + k, n - k);
+    if constexpr (STORE) v.store(z + k, n - k);
     m1 = at::vec::maximum(m1, Vec::set(lowest, v, n - k));
   }
   const Vec m = at::vec::maximum(at::vec::maximum(m0, m1), at::vec::maximum(m2, m3));
@@ -178,6 +180,10 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
   const scalar_t masked = LOG ? std::numeric_limits<scalar_t>::lowest() : scalar_t(0);
   const int64_t Tk = a.Tk;
 
+  // Without softcap, bias and mask a row's scores are scale * x: they are
+  // read from x (converted, for fp16/bf16) instead of being copied into z first.
+  const bool direct = !(softcap > acc_t(0)) && bias == nullptr && a.mask == nullptr;
+
   at::parallel_for(0, a.rows(), row_grain(Tk), [&](int64_t r0, int64_t r1) {
     const size_t conv = std::is_same_v<scalar_t, acc_t> ? 0 : Tk;
     std::vector<acc_t> zbuf(Tk), cbuf(conv), bbuf(bias != nullptr ? conv : 0);
@@ -187,59 +193,75 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
     auto row = [&](int64_t, const RowIndex& ix, int64_t lo, int64_t hi, scalar_t* o) {
       const int64_t n = hi - lo;
       acc_t* z = zbuf.data();
-      const scalar_t* xr = x + row_offset(a.xs, ix) + lo;
-      acc_t mx = scale_max(to_acc(xr, cbuf.data(), n), z, n, scale);
-      if (softcap > acc_t(0)) {  // z = softcap * tanh(z / softcap): monotonic, so the max maps too
-        at::vec::map([softcap, inv_cap](Vec v) { return (v * Vec(inv_cap)).tanh() * Vec(softcap); },
-                     z, z, n);
-        mx = softcap * std::tanh(mx * inv_cap);
-      }
-      if (bias != nullptr) {
-        const int64_t bo = row_offset(a.bs, ix);
-        if (a.bs[3] == 1) {  // a bias row in memory: vector adds
-          at::vec::map2([bias_min, neg_inf](Vec zv, Vec bv) {
-            return Vec::blendv(zv + bv, Vec(neg_inf), bv <= Vec(bias_min));
-          }, z, z, to_acc(bias + bo + lo, bbuf.data(), n), n);
-        } else {
-          for (int64_t k = 0; k < n; ++k) {
-            const acc_t bv = static_cast<acc_t>(bias[bo + (lo + k) * a.bs[3]]);
-            z[k] = bv <= bias_min ? neg_inf : z[k] + bv;
+      const acc_t* xa = to_acc(x + row_offset(a.xs, ix) + lo, cbuf.data(), n);
+      // The row's scores are zs[k] * s.
+      const acc_t* zs = xa;
+      acc_t s = scale;
+      acc_t mx;
+      if (direct) {
+        mx = scale_max<false>(xa, z, n, scale);
+      } else {
+        mx = scale_max<true>(xa, z, n, scale);
+        zs = z;
+        s = acc_t(1);
+        if (softcap > acc_t(0)) {  // z = softcap * tanh(z / softcap): monotonic, so the max maps too
+          at::vec::map([softcap, inv_cap](Vec v) { return (v * Vec(inv_cap)).tanh() * Vec(softcap); },
+                       z, z, n);
+          mx = softcap * std::tanh(mx * inv_cap);
+        }
+        if (bias != nullptr) {
+          const int64_t bo = row_offset(a.bs, ix);
+          if (a.bs[3] == 1) {  // a bias row in memory: vector adds
+            at::vec::map2([bias_min, neg_inf](Vec zv, Vec bv) {
+              return Vec::blendv(zv + bv, Vec(neg_inf), bv <= Vec(bias_min));
+            }, z, z, to_acc(bias + bo + lo, bbuf.data(), n), n);
+          } else {
+            for (int64_t k = 0; k < n; ++k) {
+              const acc_t bv = static_cast<acc_t>(bias[bo + (lo + k) * a.bs[3]]);
+              z[k] = bv <= bias_min ? neg_inf : z[k] + bv;
+            }
           }
         }
-      }
-      if (a.mask != nullptr) {
-        const bool* mr = a.mask + row_offset(a.ms, ix);
-        for (int64_t k = 0; k < n; ++k) {
-          if (!mr[(lo + k) * a.ms[3]]) z[k] = neg_inf;
+        if (a.mask != nullptr) {
+          const bool* mr = a.mask + row_offset(a.ms, ix);
+          for (int64_t k = 0; k < n; ++k) {
+            if (!mr[(lo + k) * a.ms[3]]) z[k] = neg_inf;
+          }
         }
+        if (bias != nullptr || a.mask != nullptr) mx = scale_max<false>(z, z, n, acc_t(1));
       }
-      if (bias != nullptr || a.mask != nullptr) mx = scale_max(z, z, n, acc_t(1));
-      if (mx == neg_inf) {  // every visible key masked by mask/bias
+      if (mx == neg_inf) {  // every visible key masked (by mask/bias, or -inf scores)
         std::fill(o + lo, o + hi, masked);
         return;
       }
       // The sink joins the normaliser as one more score (a NaN one poisons the row).
-      const acc_t sink = sinks != nullptr ? sinks[row_offset(a.ss, ix)] : neg_inf;
-      if (sink > mx || sink != sink) mx = sink;
+      acc_t sink = neg_inf;
+      if (sinks != nullptr) {
+        sink = sinks[row_offset(a.ss, ix)];
+        if (sink > mx || sink != sink) mx = sink;
+      }
       if (!(mx < -neg_inf)) {
         // A NaN or +inf score: as torch.softmax, every visible output is NaN;
         // masked positions (-inf here) keep the masked value, as always. The
         // CUDA kernels follow the same rule (DESIGN.md §2, NaN).
         for (int64_t k = 0; k < n; ++k) {
-          o[lo + k] = z[k] == neg_inf ? masked : std::numeric_limits<scalar_t>::quiet_NaN();
+          o[lo + k] = zs[k] * s == neg_inf ? masked : std::numeric_limits<scalar_t>::quiet_NaN();
         }
         return;
       }
+      const acc_t sink_exp = sinks != nullptr ? std::exp(sink - mx) : acc_t(0);
       if constexpr (LOG) {
-        const acc_t sum = at::vec::map_reduce_all<acc_t>(
-            [mx](Vec v) { return (v - Vec(mx)).exp(); }, [](Vec p, Vec q) { return p + q; }, z, n);
-        const acc_t lse = mx + std::log(sum + std::exp(sink - mx));
+        const acc_t lse = mx + std::log(exp_sum<false>(zs, z, n, s, mx) + sink_exp);
         // -inf (masked) and anything below finfo.min become finfo.min.
-        store_mapped(z, o + lo, n,
-                     [lse, bias_min](Vec v) { return at::vec::maximum(v - Vec(lse), Vec(bias_min)); });
+        store_mapped(zs, o + lo, n, z, [s, lse, bias_min](Vec v) {
+          return at::vec::maximum(at::vec::fmsub(v, Vec(s), Vec(lse)), Vec(bias_min));
+        });
       } else {
-        const acc_t inv = acc_t(1) / (exp_sum_inplace(z, n, mx) + std::exp(sink - mx));
-        store_mapped(z, o + lo, n, [inv](Vec v) { return v * Vec(inv); });
+        // exp straight into the output row when it holds acc_t, else into z
+        acc_t* e = z;
+        if constexpr (std::is_same_v<scalar_t, acc_t>) e = o + lo;
+        const acc_t inv = acc_t(1) / (exp_sum<true>(zs, e, n, s, mx) + sink_exp);
+        store_mapped(e, o + lo, n, z, [inv](Vec v) { return v * Vec(inv); });
       }
     };
     for_each_row(a, r0, r1, out, masked, prefetch, row);
