@@ -1,7 +1,8 @@
 """Exercises every CUDA kernel path once on small inputs, for compute-sanitizer
-(memcheck, racecheck): warp-per-row and block-per-row softmax, fast and general
-(mask/bias) paths, odd alignments, forward and backward (and double backward),
-NaN and +inf rows, huge window sides, the mask, padding and gate kernels.
+(memcheck, racecheck): every register tier of the softmax (tier A and B sizes),
+warp-per-row and block-per-row softmax, fast and general (mask/bias) paths,
+odd alignments, forward and backward (and double backward), NaN and +inf rows,
+huge window sides, the mask, padding and gate kernels.
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python benchmarks/sanitize_cases.py
 
@@ -46,6 +47,22 @@ def main():
             (g,) = torch.autograd.grad(maskext.masked_softmax(xr, lengths=L).square().sum(), xr,
                                        create_graph=True)
             g.sum().backward()
+    # The register tiers: with the lengths above (1, 7, 97, 1025, 4099), these
+    # reach every tier size of fp16 / bf16 and fp32, forward and backward, with
+    # rows and dy misaligned (tests/test_softmax.py::_tier tells which tier a
+    # length gets): 4 to 32 lanes per row, a warp with 2 to 16 chunks per lane,
+    # 128, 256 and 512 threads per row, and past the tiers (20000: fp32, and the
+    # fp16 / bf16 backward).
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        for Tk in (20, 40, 200, 300, 600, 2000, 3000, 6000, 12000, 20000):
+            x = torch.randn(3, 2, 5, Tk + 1, device=dev, dtype=dtype)[..., 1:]
+            dy = torch.randn(3, 2, 5, Tk + 1, device=dev, dtype=dtype)[..., 1:]
+            L = torch.tensor([0, Tk, Tk // 2 + 1], device=dev)
+            QL = torch.tensor([5, 2, 0], device=dev, dtype=torch.int32)
+            for fn in (maskext.masked_softmax, maskext.masked_log_softmax):
+                for xx in (x, x.contiguous()):
+                    xr = xx.detach().clone().requires_grad_()
+                    fn(xr, lengths=L, causal=True, q_lengths=QL, scale=0.5).backward(dy)
     # Long rows (Tk > 65536) in few rows (fewer than the GPU has SMs), misaligned,
     # on the fast path and the mask/bias path.
     for dtype in (torch.float16, torch.float32):

@@ -378,3 +378,114 @@ def test_log_softmax_opcheck(device):
     f = lambda x: maskext.masked_log_softmax(x, lengths=L, causal=True)
     got = torch.compile(f, fullgraph=True)(x)
     torch.testing.assert_close(got, f(x))
+
+
+# ---------------------------------------------------------------- CUDA register tiers
+
+def _tier(Tk, dtype, backward):
+    """The register tier, (threads per row, 16-byte chunks per thread), that
+    csrc/cuda/softmax.cu picks for rows of Tk keys, None for the general kernels;
+    mirrors tier_chunks and with_tier there."""
+    vec = 128 // torch.finfo(dtype).bits  # elements in 16 bytes
+    need = Tk // vec if Tk % vec == 0 else (Tk + 2 * vec - 2) // vec
+    maxp = (16 if vec == 4 else 8) // (2 if backward else 1)
+    if need > (256 if maxp == 16 else 512) * maxp:
+        return None
+    for g, p in [(4, 1), (8, 1), (16, 1), (32, 1), (32, 2), (32, 4), (32, 8), (32, 16), (128, maxp),
+                 (256, maxp), (512, maxp)]:
+        if p <= maxp and need <= g * p:
+            return g, p
+
+
+def tier_edges(dtype, backward):
+    """Every Tk where the kernel choice changes and the one after it (a tier's
+    longest row, the next tier's or the general kernels' shortest), and short rows."""
+    edges = {1, 2, 3, 8, 9}
+    for Tk in range(1, 33000):
+        if _tier(Tk, dtype, backward) != _tier(Tk + 1, dtype, backward):
+            edges |= {Tk, Tk + 1}
+    return sorted(edges)
+
+
+_LOW = [torch.float16, torch.bfloat16, torch.float32]
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+def _tier_inputs(Tk, dtype):
+    """Scores whose rows start aligned, misaligned (x[..., 1:]) and with a row
+    stride that is no multiple of 16 bytes; lengths 0, 1, Tk and one between;
+    mask kinds, scales, softcap and sinks."""
+    base = torch.randn(3, 2, 5, Tk + 1, device="cuda").mul(3).to(dtype)
+    xs = [torch.randn(3, 2, 5, Tk, device="cuda").mul(3).to(dtype), base[..., 1:], base[..., :Tk]]
+    L = torch.tensor([0, Tk, int(torch.randint(1, Tk + 1, ()))], device="cuda")
+    L1 = torch.tensor([1, Tk, 1], device="cuda", dtype=torch.int32)
+    QL = torch.tensor([5, 2, 0], device="cuda")
+    sinks = torch.randn(2, 1, device="cuda") * 3  # per head
+    kws = [{}, dict(lengths=L), dict(lengths=L1, scale=0.3),
+           dict(lengths=L, causal=True, q_lengths=QL, sinks=sinks),
+           dict(window=(3, 1), scale=-0.5), dict(lengths=L, softcap=2.0, sinks=torch.randn(3, 2, 5, device="cuda"))]
+    return xs, kws
+
+
+@_CUDA
+@pytest.mark.parametrize("dtype", _LOW)
+def test_cuda_tier_forward(dtype):
+    for Tk in tier_edges(dtype, backward=False):
+        xs, kws = _tier_inputs(Tk, dtype)
+        for x, kw in itertools.product(xs, kws):
+            check(x, **kw)
+            got, want = maskext.masked_log_softmax(x, **kw), R.masked_log_softmax(x, **kw)
+            visible = R.masked_softmax(x.double(), **kw) > 0
+            assert (got[~visible] == torch.finfo(dtype).min).all(), (Tk, kw)
+            atol = 1e-5 if dtype == torch.float32 else 0.06
+            torch.testing.assert_close(got[visible], want[visible], atol=atol, rtol=1e-2)
+
+
+@_CUDA
+@pytest.mark.parametrize("dtype", _LOW)
+def test_cuda_tier_backward(dtype):
+    for Tk in tier_edges(dtype, backward=True):
+        xs, kws = _tier_inputs(Tk, dtype)
+        dys = [torch.randn(3, 2, 5, Tk, device="cuda").to(dtype),
+               torch.randn(3, 2, 5, Tk + 1, device="cuda").to(dtype)[..., 1:]]  # misaligned dy
+        for i, (x, kw) in enumerate(itertools.product(xs, kws[:4])):
+            dy = dys[i % 2]
+            for fn in (maskext.masked_softmax, maskext.masked_log_softmax):
+                xg = x.detach().requires_grad_()
+                (got,) = torch.autograd.grad(fn(xg, **kw), xg, dy)
+                x32 = x.detach().float().requires_grad_()
+                ref = R.masked_softmax if fn is maskext.masked_softmax else R.masked_log_softmax
+                (want,) = torch.autograd.grad(ref(x32, compute_dtype=torch.float32, **kw), x32,
+                                              dy.float())
+                atol = 1e-5 if dtype == torch.float32 else 0.05
+                torch.testing.assert_close(got.float(), want, atol=atol, rtol=0.016)
+                visible = R.masked_softmax(x.double(), **kw) > 0
+                assert (got[~visible] == 0).all(), (Tk, kw)
+
+
+@_CUDA
+@pytest.mark.parametrize("dtype", _LOW)
+@pytest.mark.parametrize("Tk", [6, 100, 1000, 5000])  # tier A, tier B (1 chunk, 8+), tier C
+def test_cuda_tier_nan_and_inf(dtype, Tk):
+    """The NaN rule in the register tiers: a NaN or +inf visible score (or sink)
+    makes the row's visible outputs NaN except at -inf scores (masked positions),
+    which the tier re-reads; an all -inf row is fully masked."""
+    x = torch.randn(2, 3, 4, Tk, device="cuda").to(dtype)
+    x[0, 0, 0, 1] = float("nan")
+    x[0, 0, 0, 2] = float("-inf")
+    x[0, 1, 1, 0] = float("inf")
+    x[0, 1, 1, 3 % Tk] = float("-inf")
+    x[1, 2, 3] = float("-inf")
+    x[1, 0, 0, :Tk // 2] = float("-inf")
+    L = torch.tensor([Tk, Tk - 1], device="cuda")
+    sinks = torch.randn(2, 3, 4, device="cuda")
+    sinks[1, 1, 1] = float("nan")
+    sinks[1, 2, 2] = float("inf")
+    sinks[1, 2, 3] = float("-inf")
+    for fn, ref in ((maskext.masked_softmax, R.masked_softmax),
+                    (maskext.masked_log_softmax, R.masked_log_softmax)):
+        for kw in (dict(lengths=L), dict(lengths=L, sinks=sinks)):
+            got, want = fn(x, **kw), ref(x, **kw)
+            atol = 1e-5 if dtype == torch.float32 else 0.06
+            torch.testing.assert_close(got.float(), want.float(), equal_nan=True, atol=atol,
+                                       rtol=1e-2)

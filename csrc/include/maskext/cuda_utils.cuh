@@ -1,11 +1,21 @@
 // Small CUDA helpers shared by the kernels: 16-byte packs, aligned vector
-// loops with scalar head/tail, and launch sizing.
+// loops with scalar head/tail, 32-bit division by a fixed divisor, and launch
+// sizing.
+//
+// Source lines tagged `[edge]` are the scalar head/tail accesses of a row;
+// benchmarks/kernel_report.py counts the global stores of every other line as
+// the body path, which must store 128 bits at a time.
 #pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include <cstdint>
+#include <cstring>
 
 namespace maskext {
 namespace cuda {
@@ -18,6 +28,120 @@ struct Vec16 {
     T v[N];
   };
 };
+
+// 16 bytes as one uint4, to and from Vec16<T>::N values of the accumulation
+// type A.
+template <typename T>
+struct Bits16;
+
+template <>
+struct Bits16<c10::Half> {
+  __device__ __forceinline__ static uint32_t pair(float a, float b) {
+    const __half2 h = __floats2half2_rn(a, b);
+    uint32_t u;
+    memcpy(&u, &h, 4);
+    return u;
+  }
+  __device__ __forceinline__ static float2 unpair(uint32_t u) {
+    __half2 h;
+    memcpy(&h, &u, 4);
+    return __half22float2(h);
+  }
+};
+
+template <>
+struct Bits16<c10::BFloat16> {
+  __device__ __forceinline__ static uint32_t pair(float a, float b) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    uint32_t u;
+    memcpy(&u, &h, 4);
+    return u;
+  }
+  // A bfloat16 is the high half of a float: exact, two integer ops.
+  __device__ __forceinline__ static float2 unpair(uint32_t u) {
+    return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
+  }
+};
+
+template <typename T, typename A>
+__device__ __forceinline__ uint4 pack16(const A (&v)[Vec16<T>::N]) {
+  if constexpr (sizeof(T) == 2) {
+    return make_uint4(Bits16<T>::pair(v[0], v[1]), Bits16<T>::pair(v[2], v[3]),
+                      Bits16<T>::pair(v[4], v[5]), Bits16<T>::pair(v[6], v[7]));
+  } else if constexpr (sizeof(T) == 4) {
+    return make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]),
+                      __float_as_uint(v[3]));
+  } else {
+    static_assert(sizeof(T) == 8, "pack16: 2-, 4- or 8-byte floating types");
+    const unsigned long long a = __double_as_longlong(v[0]), b = __double_as_longlong(v[1]);
+    return make_uint4(static_cast<uint32_t>(a), static_cast<uint32_t>(a >> 32),
+                      static_cast<uint32_t>(b), static_cast<uint32_t>(b >> 32));
+  }
+}
+
+template <typename T, typename A>
+__device__ __forceinline__ void unpack16(uint4 u, A (&v)[Vec16<T>::N]) {
+  if constexpr (sizeof(T) == 2) {
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = Bits16<T>::unpair(w[i]);
+      v[2 * i] = f.x;
+      v[2 * i + 1] = f.y;
+    }
+  } else if constexpr (sizeof(T) == 4) {
+    v[0] = __uint_as_float(u.x);
+    v[1] = __uint_as_float(u.y);
+    v[2] = __uint_as_float(u.z);
+    v[3] = __uint_as_float(u.w);
+  } else {
+    v[0] = __longlong_as_double(static_cast<long long>((uint64_t(u.y) << 32) | u.x));
+    v[1] = __longlong_as_double(static_cast<long long>((uint64_t(u.w) << 32) | u.z));
+  }
+}
+
+// One 128-bit global store; p must be 16-byte aligned. Read in the SASS of
+// the softmax kernels: a struct of eight halves is copied as eight 2-byte
+// stores, a uint4 assigned through a uint4* became four 4-byte stores there,
+// and __stwb (st.global.wb) a STG.E.128.STRONG.SM; a plain st.global.v4 is a
+// STG.E.128.
+__device__ __forceinline__ void st_global_128(void* p, uint4 u) {
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(u.x), "r"(u.y), "r"(u.z),
+               "r"(u.w)
+               : "memory");
+}
+
+// One 128-bit store of VEC values converted to T; p must be 16-byte aligned.
+template <typename T, typename A>
+__device__ __forceinline__ void store16(T* p, const A (&v)[Vec16<T>::N]) {
+  st_global_128(p, pack16<T>(v));
+}
+
+// 16 bytes holding `value` Vec16<T>::N times, for any 1-, 2-, 4- or 8-byte T.
+template <typename T>
+__device__ __forceinline__ uint4 splat16(T value) {
+  if constexpr (sizeof(T) == 8) {
+    uint64_t b;
+    memcpy(&b, &value, 8);
+    return make_uint4(static_cast<uint32_t>(b), static_cast<uint32_t>(b >> 32),
+                      static_cast<uint32_t>(b), static_cast<uint32_t>(b >> 32));
+  } else {
+    uint32_t w;
+    if constexpr (sizeof(T) == 4) {
+      memcpy(&w, &value, 4);
+    } else if constexpr (sizeof(T) == 2) {
+      uint16_t h;
+      memcpy(&h, &value, 2);
+      w = h * 0x00010001u;
+    } else {
+      static_assert(sizeof(T) == 1, "splat16: 1-, 2-, 4- or 8-byte types");
+      uint8_t c;
+      memcpy(&c, &value, 1);
+      w = c * 0x01010101u;
+    }
+    return make_uint4(w, w, w, w);
+  }
+}
 
 // Splits [0, n) of an array starting at `p` into an unaligned head, 16-byte
 // aligned chunks and a tail, spread over `nthreads` threads: scalar(k) for
@@ -40,13 +164,30 @@ __device__ __forceinline__ void vec_loop(const T* p, int64_t n, int tid, int nth
 // Writes `value` to p[0:n) with 16-byte stores where aligned.
 template <typename T>
 __device__ __forceinline__ void fill(T* p, int64_t n, T value, int tid, int nthreads) {
-  using Pack = typename Vec16<T>::Pack;
-  Pack pk;
-#pragma unroll
-  for (int e = 0; e < Vec16<T>::N; ++e) pk.v[e] = value;
-  vec_loop(p, n, tid, nthreads, [&](int64_t k) { p[k] = value; },
-           [&](int64_t k) { *reinterpret_cast<Pack*>(p + k) = pk; });
+  const uint4 pk = splat16(value);
+  vec_loop(p, n, tid, nthreads, [&](int64_t k) { p[k] = value; },  // [edge]
+           [&](int64_t k) { st_global_128(p + k, pk); });
 }
+
+// n / d and n % d for a divisor d fixed at launch, both in [1, 2^31): a
+// multiply-high, an add and a shift instead of a division (round-up magic
+// number: m = floor(2^32 * (2^s - d) / d) + 1 with 2^(s-1) < d <= 2^s, then
+// n / d = (umulhi(n, m) + n) >> s, exact for n < 2^31).
+struct FastDiv {
+  uint32_t d = 1, m = 1, s = 0;
+  FastDiv() = default;
+  explicit FastDiv(uint32_t divisor) : d(divisor) {
+    while ((uint64_t(1) << s) < d) ++s;
+    m = static_cast<uint32_t>(((uint64_t(1) << 32) * ((uint64_t(1) << s) - d)) / d + 1);
+  }
+  __host__ __device__ __forceinline__ uint32_t div(uint32_t n) const {
+#if defined(__CUDA_ARCH__)
+    return (__umulhi(n, m) + n) >> s;
+#else
+    return static_cast<uint32_t>(((uint64_t(n) * m >> 32) + n) >> s);
+#endif
+  }
+};
 
 inline int sm_count() {
   static int count[64] = {0};
