@@ -38,12 +38,12 @@ def main():
                        dict(lengths=L, causal=True, softcap=5.0,
                             sinks=torch.randn(2, 1, device=dev, dtype=dtype))):
                 for fn in (maskext.masked_softmax, maskext.masked_log_softmax):
-                    xr = x.detach().clone().requires_grad_()
+                    xr = x.detach().requires_grad_()
                     y = fn(xr, **kw)
                     y.backward(torch.randn_like(y))
                     fn(xn, **kw)
             # double backward: the backward op on its own grad
-            xr = x.detach().clone().requires_grad_()
+            xr = x.detach().requires_grad_()
             (g,) = torch.autograd.grad(maskext.masked_softmax(xr, lengths=L).square().sum(), xr,
                                        create_graph=True)
             g.sum().backward()
@@ -61,7 +61,8 @@ def main():
             QL = torch.tensor([5, 2, 0], device=dev, dtype=torch.int32)
             for fn in (maskext.masked_softmax, maskext.masked_log_softmax):
                 for xx in (x, x.contiguous()):
-                    xr = xx.detach().clone().requires_grad_()
+                    # detach(), not clone(): a clone of the view would be contiguous
+                    xr = xx.detach().requires_grad_()
                     fn(xr, lengths=L, causal=True, q_lengths=QL, scale=0.5).backward(dy)
     # Long rows (Tk > 65536) in few rows (fewer than the GPU has SMs), misaligned,
     # on the fast path and the mask/bias path.
@@ -71,7 +72,7 @@ def main():
         L = torch.tensor([Tk, Tk // 3], device=dev)
         mask = torch.rand(1, 1, 1, Tk, device=dev) > 0.1
         for kw in (dict(lengths=L), dict(lengths=L, mask=mask, bias=x[:1, :, :1].contiguous())):
-            xr = x.detach().clone().requires_grad_()
+            xr = x.detach().requires_grad_()
             maskext.masked_softmax(xr, **kw).sum().backward()
     L = torch.tensor([2**40, 0, 5, 17], device=dev)
     for dtype in (torch.bool, torch.float16, torch.float32, torch.float64):
