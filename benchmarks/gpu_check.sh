@@ -61,6 +61,13 @@ finish() {
   python -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda)'
   git log -1 --format='commit %h %<(50,trunc)%s' 2>/dev/null || echo "commit unknown"; } > "$LOGS/env.txt" 2>&1
 
+# The GPU machine's pip (24.0) turns `pip install -e .` into a legacy
+# `setup.py develop` that wants to download setuptools (no network there):
+# ask for PEP 660 first, then fall back to an in-place build found through
+# PYTHONPATH.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+BUILD_CUDA='python -m pip install --no-build-isolation --no-deps --use-pep517 -v -e . ||
+  { echo "== pip failed: python setup.py build_ext --inplace"; python setup.py build_ext --inplace; }'
 step "build (MASKEXT_BUILD_CUDA=1, for the visible GPU)"
 t0=$SECONDS
 if [ "$DRY" = 1 ]; then
@@ -74,8 +81,7 @@ if [ "$DRY" = 1 ]; then
   fi
 # 330 s: softmax.cu alone (116 register-tier kernels) took 2m22s for sm_90 on
 # the loaded 2-core development machine; a build cut short wastes the GPU run.
-elif MASKEXT_BUILD_CUDA=1 MAX_JOBS="${MAX_JOBS:-16}" run_step 330 \
-    python -m pip install --no-build-isolation --no-deps -v -e . > "$LOGS/build.log" 2>&1 &&
+elif MASKEXT_BUILD_CUDA=1 MAX_JOBS="${MAX_JOBS:-16}" run_step 330 bash -c "$BUILD_CUDA" > "$LOGS/build.log" 2>&1 &&
    python -c 'import maskext; assert maskext.cuda_built(); print(maskext.build_info())' >> "$LOGS/build.log" 2>&1; then
   result "ok"
 else
