@@ -121,6 +121,20 @@ def openmp_flags():
     return flags, libs
 
 
+def shared_cxx_runtime_flags():
+    """Link flags that make the extension use the process's one libstdc++.so
+    (the one torch uses). Some toolchains link libstdc++ statically by default
+    (a g++ wrapper or specs file adding -static-libstdc++, seen on a CUDA
+    image): the extension then carries a second copy of the C++ runtime whose
+    locale facets do not match the streams torch hands it, and formatting a
+    number into an error message segfaults or cuts the message short. An
+    explicit -lstdc++ ahead of the driver's implicit one resolves every symbol
+    from the shared library; with a normal g++ it changes nothing."""
+    if not sys.platform.startswith("linux"):
+        return []
+    return ["-Wl,--push-state,--no-as-needed,-Bdynamic", "-lstdc++", "-Wl,--pop-state"]
+
+
 def cuda_archs_define():
     """The CUDA architectures compiled, for maskext.build_info() (no ';' on the
     command line: the list is comma-separated)."""
@@ -138,19 +152,20 @@ def extensions():
 
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     omp_compile, omp_link = openmp_flags()
+    link = omp_link + shared_cxx_runtime_flags()
     # -Wno-unknown-pragmas: torch's vec headers carry `#pragma unroll`, which gcc ignores.
     cxx = ["-O3", "-Wno-unknown-pragmas"] + cpu_flags() + omp_compile
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     if not build_cuda:
         log(f"building the CPU kernels only ({reason})")
         return [CppExtension("maskext._C", sources, include_dirs=include_dirs,
-                             extra_compile_args={"cxx": cxx}, extra_link_args=omp_link)]
+                             extra_compile_args={"cxx": cxx}, extra_link_args=link)]
     log(f"building the CPU and CUDA kernels ({reason})")
     sources += sorted(glob.glob("csrc/cuda/*.cu"))
     nvcc = ["-O3", "-DMASKEXT_WITH_CUDA", "--expt-relaxed-constexpr", "-lineinfo"]
     cxx += ["-DMASKEXT_WITH_CUDA", cuda_archs_define()]
     return [CUDAExtension("maskext._C", sources, include_dirs=include_dirs,
-                          extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=omp_link)]
+                          extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link)]
 
 
 def build_ext_class():
