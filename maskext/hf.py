@@ -120,19 +120,23 @@ class _Unrecognised(Exception):
     """A mask function that is not built only from HF's interval building blocks."""
 
 
-def _code(factory, *args):
-    return factory(*args).__code__
+def _code(name, *args):
+    """The code object of the closures that HF's factory ``name`` returns, or
+    None where this transformers has no such factory (e.g. the packed-sequence
+    position remapping arrived after 5.17)."""
+    factory = getattr(_mu, name, None)
+    return None if factory is None else factory(*args).__code__
 
 
 # HF's building blocks are closures; a closure is recognised by its code object
 # (one per factory), its parameters are read from its cells.
 _DUMMY = torch.zeros(1, dtype=torch.long)
-_AND_CODE = _code(_mu.and_masks, _mu.causal_mask_function)
-_SLIDING_CODE = _code(_mu.sliding_window_overlay, 1)
-_SLIDING_BIDIR_CODE = _code(_mu.sliding_window_bidirectional_overlay, 1)
-_CHUNKED_CODE = _code(_mu.chunked_overlay, 1, _DUMMY)
-_PACKED_CODE = _code(_mu.packed_sequence_mask_function, _DUMMY)
-_REMAP_CODE = _code(_mu.remap_positions_for_packed_sequence, _mu.causal_mask_function, _DUMMY)
+_AND_CODE = _code("and_masks", _mu.causal_mask_function)
+_SLIDING_CODE = _code("sliding_window_overlay", 1)
+_SLIDING_BIDIR_CODE = _code("sliding_window_bidirectional_overlay", 1)
+_CHUNKED_CODE = _code("chunked_overlay", 1, _DUMMY)
+_PACKED_CODE = _code("packed_sequence_mask_function", _DUMMY)
+_REMAP_CODE = _code("remap_positions_for_packed_sequence", _mu.causal_mask_function, _DUMMY)
 
 
 def _cells(fn) -> dict:

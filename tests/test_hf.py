@@ -184,7 +184,7 @@ def _mask_cases():
     lp = (~PAD).cumsum(-1).eq(torch.arange(1, T + 1)).sum(-1)  # left padding, as HF counts it
     zero = torch.zeros(3, dtype=torch.long)
     packed = mu.find_packed_sequence_indices(POS)
-    remap = mu.remap_positions_for_packed_sequence
+    remap = getattr(mu, "remap_positions_for_packed_sequence", None)  # after transformers 5.17
     yield "causal", mu.causal_mask_function, None, 0, T, T, 0
     yield "causal-pad", mu.causal_mask_function, PAD, 0, T, T, 0
     yield "bidirectional-pad", mu.bidirectional_mask_function, PAD, 0, T, T, 0
@@ -196,14 +196,18 @@ def _mask_cases():
     yield "chunked-leftpad", mu.chunked_causal_mask_function(5, lp), PAD, 0, T, T, 0
     yield "chunked", mu.chunked_causal_mask_function(5, zero), None, 0, T, T, 0
     yield "holes", mu.causal_mask_function, HOLES, 0, T, T, 0
-    yield "packed", mu.and_masks(remap(mu.causal_mask_function, POS),
-                                 mu.packed_sequence_mask_function(packed)), None, 0, T, T, 0
-    yield "packed-sliding", mu.and_masks(remap(mu.sliding_window_causal_mask_function(3), POS),
+    # packed documents as transformers <= 5.17 builds them (indices, not positions)
+    yield "packed-indices", mu.and_masks(mu.causal_mask_function,
                                          mu.packed_sequence_mask_function(packed)), None, 0, T, T, 0
-    yield "packed-chunked", mu.and_masks(remap(mu.chunked_causal_mask_function(3, zero), POS),
-                                         mu.packed_sequence_mask_function(packed)), None, 0, T, T, 0
-    # remapped positions without HF's packed-document mask: not index-like, falls back
-    yield "remap-alone", remap(mu.causal_mask_function, POS.flip(-1)), None, 0, T, T, 0
+    if remap is not None:  # later versions count windows and chunks from the positions
+        yield "packed", mu.and_masks(remap(mu.causal_mask_function, POS),
+                                     mu.packed_sequence_mask_function(packed)), None, 0, T, T, 0
+        yield "packed-sliding", mu.and_masks(remap(mu.sliding_window_causal_mask_function(3), POS),
+                                             mu.packed_sequence_mask_function(packed)), None, 0, T, T, 0
+        yield "packed-chunked", mu.and_masks(remap(mu.chunked_causal_mask_function(3, zero), POS),
+                                             mu.packed_sequence_mask_function(packed)), None, 0, T, T, 0
+        # remapped positions without HF's packed-document mask: not index-like, falls back
+        yield "remap-alone", remap(mu.causal_mask_function, POS.flip(-1)), None, 0, T, T, 0
     # decoding with a dynamic cache: one query at position 11 of 12 keys
     yield "decode", mu.causal_mask_function, PAD, 11, 1, T, 0
     # a static cache of 16 slots, 3 queries at positions 9..11, the 2-D mask is 12 long
