@@ -384,7 +384,7 @@ def test_log_softmax_opcheck(device):
 
 def _tier(Tk, dtype, backward):
     """The register tier, (threads per row, 16-byte chunks per thread), that
-    csrc/cuda/softmax.cu picks for rows of Tk keys, None for the general kernels;
+    csrc/cuda/softmax_kernels.cuh picks for rows of Tk keys, None for the general kernels;
     mirrors tier_chunks and with_tier there."""
     vec = 128 // torch.finfo(dtype).bits  # elements in 16 bytes
     need = Tk // vec if Tk % vec == 0 else (Tk + 2 * vec - 2) // vec

@@ -8,6 +8,9 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cstdint>
+#include <initializer_list>
+
 #include "maskext/checks.h"
 #include "maskext/cuda_utils.cuh"
 
@@ -19,52 +22,133 @@ __device__ __forceinline__ acc_t sigmoid(acc_t z) {
   return acc_t(1) / (acc_t(1) + exp(-z));
 }
 
-// Whether flat element e of the (B, T, F) data lies in a real (unpadded) step.
-__device__ __forceinline__ bool real_step(const PaddedArgs& a, int64_t e) {
-  const int64_t r = e / a.I, t = r % a.T;
+// Whether step r (flat over the B * T steps) is real: t = r % T in [lo, hi).
+__device__ __forceinline__ bool real_step(const PaddedArgs& a, int64_t r) {
+  const int64_t b = r / a.T, t = r - b * a.T;
   int64_t lo, hi;
-  row_bounds(a.spec, r / a.T, 0, lo, hi);
+  row_bounds(a.spec, b, 0, lo, hi);
   return t >= lo && t < hi;
 }
 
-// Elementwise over the flat (B, T, F) data.
 template <typename T>
-__global__ void gate_kernel(PaddedArgs a, const T* x, T* out, double inv_t, bool hard) {
+__device__ __forceinline__ uint4 load16(const T* p) {
+  return *reinterpret_cast<const uint4*>(p);
+}
+
+// The gate of one element: m = sigmoid(z * inv_t) (0/1 when hard), times x.
+template <typename acc_t>
+__device__ __forceinline__ acc_t gate_value(acc_t z, acc_t x, acc_t inv_t, bool hard) {
+  const acc_t zi = z * inv_t;
+  return x * (hard ? acc_t(zi >= 0) : sigmoid(zi));
+}
+
+// (dx, dz) of one element from its gradient g.
+template <typename acc_t>
+__device__ __forceinline__ void gate_grads(acc_t z, acc_t x, acc_t g, acc_t inv_t, bool hard,
+                                           acc_t& dx, acc_t& dz) {
+  const acc_t zi = z * inv_t;
+  const acc_t s = sigmoid(zi);
+  dz = g * x * s * (acc_t(1) - s) * inv_t;
+  dx = g * (hard ? acc_t(zi >= 0) : s);
+}
+
+// Elementwise over the flat (B, T, I) data. VEC > 1: 16-byte chunks of VEC
+// elements, every pointer 16-byte aligned and I % VEC == 0, so a chunk lies
+// in one step and the step's bounds are found once per chunk (one 64-bit
+// division and row_bounds per VEC elements, not per element: per element they
+// cost more instructions than the memory time of the element). VEC == 1: one
+// element at a time, any I and alignment.
+template <typename T, int VEC>
+__global__ void gate_kernel(PaddedArgs a, const T* x, T* out, at::opmath_type<T> inv_t,
+                            bool hard) {
   using acc_t = at::opmath_type<T>;
   const T* z = static_cast<const T*>(a.x);
-  const int64_t total = a.B * a.T * a.I;
-  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    if (!real_step(a, e)) {
-      out[e] = T(0);
-      continue;
+  const int64_t per_step = a.I / VEC, chunks = a.B * a.T * per_step;
+  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < chunks;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t e = c * VEC;
+    const bool real = real_step(a, c / per_step);
+    if constexpr (VEC == 1) {
+      out[e] = real ? static_cast<T>(gate_value<acc_t>(static_cast<acc_t>(z[e]),
+                                                        x != nullptr ? static_cast<acc_t>(x[e])
+                                                                     : acc_t(1),
+                                                        inv_t, hard))
+                    : T(0);
+    } else {
+      if (!real) {
+        cuda::st_global_128(out + e, make_uint4(0, 0, 0, 0));  // +0.0 in every float type
+        continue;
+      }
+      acc_t zv[VEC], xv[VEC];
+      cuda::unpack16<T>(load16(z + e), zv);
+      if (x != nullptr) {
+        cuda::unpack16<T>(load16(x + e), xv);
+      } else {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) xv[j] = acc_t(1);
+      }
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) zv[j] = gate_value<acc_t>(zv[j], xv[j], inv_t, hard);
+      cuda::store16<T>(out + e, zv);
     }
-    const acc_t zi = static_cast<acc_t>(z[e]) * static_cast<acc_t>(inv_t);
-    const acc_t m = hard ? acc_t(zi >= 0) : sigmoid(zi);
-    out[e] = static_cast<T>(x != nullptr ? static_cast<acc_t>(x[e]) * m : m);
   }
 }
 
-template <typename T>
+template <typename T, int VEC>
 __global__ void gate_backward_kernel(PaddedArgs a, const T* x, const T* grad, T* dx, T* dz,
-                                     double inv_t, bool hard) {
+                                     at::opmath_type<T> inv_t, bool hard) {
   using acc_t = at::opmath_type<T>;
   const T* z = static_cast<const T*>(a.x);
-  const int64_t total = a.B * a.T * a.I;
-  const acc_t it = static_cast<acc_t>(inv_t);
-  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    if (!real_step(a, e)) {
-      dz[e] = T(0);
-      if (dx != nullptr) dx[e] = T(0);
-      continue;
+  const int64_t per_step = a.I / VEC, chunks = a.B * a.T * per_step;
+  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < chunks;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t e = c * VEC;
+    const bool real = real_step(a, c / per_step);
+    if constexpr (VEC == 1) {
+      acc_t gx = 0, gz = 0;
+      if (real) {
+        gate_grads<acc_t>(static_cast<acc_t>(z[e]),
+                          x != nullptr ? static_cast<acc_t>(x[e]) : acc_t(1),
+                          static_cast<acc_t>(grad[e]), inv_t, hard, gx, gz);
+      }
+      dz[e] = static_cast<T>(gz);
+      if (dx != nullptr) dx[e] = static_cast<T>(gx);
+    } else {
+      if (!real) {
+        cuda::st_global_128(dz + e, make_uint4(0, 0, 0, 0));
+        if (dx != nullptr) cuda::st_global_128(dx + e, make_uint4(0, 0, 0, 0));
+        continue;
+      }
+      acc_t zv[VEC], xv[VEC], gv[VEC];
+      cuda::unpack16<T>(load16(z + e), zv);
+      cuda::unpack16<T>(load16(grad + e), gv);
+      if (x != nullptr) {
+        cuda::unpack16<T>(load16(x + e), xv);
+      } else {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) xv[j] = acc_t(1);
+      }
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        gate_grads<acc_t>(zv[j], xv[j], gv[j], inv_t, hard, xv[j], zv[j]);
+      }
+      cuda::store16<T>(dz + e, zv);
+      if (dx != nullptr) cuda::store16<T>(dx + e, xv);
     }
-    const acc_t zi = static_cast<acc_t>(z[e]) * it;
-    const acc_t s = sigmoid(zi);
-    const acc_t gi = static_cast<acc_t>(grad[e]);
-    const acc_t xi = x != nullptr ? static_cast<acc_t>(x[e]) : acc_t(1);
-    dz[e] = static_cast<T>(gi * xi * s * (acc_t(1) - s) * it);
-    if (dx != nullptr) dx[e] = static_cast<T>(gi * (hard ? acc_t(zi >= 0) : s));
+  }
+}
+
+// The chunked kernels when every pointer is 16-byte aligned and a step holds
+// whole chunks, else the element-wise ones.
+template <typename T, typename F>
+void with_vec(int64_t I, std::initializer_list<const void*> ptrs, F&& f) {
+  constexpr int VEC = cuda::Vec16<T>::N;
+  bool aligned = I % VEC == 0;
+  for (const void* p : ptrs) aligned = aligned && reinterpret_cast<uintptr_t>(p) % 16 == 0;
+  if (aligned) {
+    f.template operator()<VEC>();
+  } else {
+    f.template operator()<1>();
   }
 }
 
@@ -76,10 +160,13 @@ at::Tensor gate_cuda(const std::optional<at::Tensor>& x, const at::Tensor& logit
   const c10::cuda::CUDAGuard guard(logits.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "gate", [&] {
-    constexpr int threads = 256;
-    gate_kernel<scalar_t><<<cuda::grid_for(out.numel(), threads), threads, 0, stream>>>(
-        g.logits.args, g.x.defined() ? g.x.data_ptr<scalar_t>() : nullptr,
-        out.data_ptr<scalar_t>(), inv_t, hard);
+    const scalar_t* xp = g.x.defined() ? g.x.data_ptr<scalar_t>() : nullptr;
+    scalar_t* op = out.data_ptr<scalar_t>();
+    with_vec<scalar_t>(g.logits.args.I, {g.logits.args.x, xp, op}, [&]<int VEC>() {
+      constexpr int threads = 256;
+      gate_kernel<scalar_t, VEC><<<cuda::grid_for(out.numel() / VEC, threads), threads, 0, stream>>>(
+          g.logits.args, xp, op, static_cast<at::opmath_type<scalar_t>>(inv_t), hard);
+    });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -98,11 +185,17 @@ std::tuple<at::Tensor, at::Tensor> gate_backward_cuda(const at::Tensor& grad,
   const c10::cuda::CUDAGuard guard(logits.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "gate_backward", [&] {
-    constexpr int threads = 256;
-    gate_backward_kernel<scalar_t><<<cuda::grid_for(dlogits.numel(), threads), threads, 0, stream>>>(
-        g.logits.args, g.x.defined() ? g.x.data_ptr<scalar_t>() : nullptr,
-        gc.data_ptr<scalar_t>(), g.x.defined() ? dx.data_ptr<scalar_t>() : nullptr,
-        dlogits.data_ptr<scalar_t>(), inv_t, hard);
+    const scalar_t* xp = g.x.defined() ? g.x.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* gp = gc.data_ptr<scalar_t>();
+    scalar_t* dxp = g.x.defined() ? dx.data_ptr<scalar_t>() : nullptr;
+    scalar_t* dzp = dlogits.data_ptr<scalar_t>();
+    with_vec<scalar_t>(g.logits.args.I, {g.logits.args.x, xp, gp, dxp, dzp}, [&]<int VEC>() {
+      constexpr int threads = 256;
+      gate_backward_kernel<scalar_t, VEC>
+          <<<cuda::grid_for(dlogits.numel() / VEC, threads), threads, 0, stream>>>(
+              g.logits.args, xp, gp, dxp, dzp, static_cast<at::opmath_type<scalar_t>>(inv_t),
+              hard);
+    });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {dx, dlogits};

@@ -1,0 +1,831 @@
+// CUDA masked softmax and log-softmax, forward and backward.
+//
+// Register tiers (below, "register tiers"): fp16 and bf16 rows of up to 32K
+// keys, fp32 rows of up to 16K (backward: 16K for all), without a mask or bias
+// tensor, are read once into registers.
+// General kernels, for everything else (mask / bias tensors, fp64, longer
+// rows): THREADS threads share one row, a warp for rows up to 1024 keys
+// (several rows per block), a whole block for longer rows; the visible
+// interval is read twice (an online max/sum pass, then the normalising pass,
+// which mostly hits L2). Everywhere only the visible interval [lo, hi) is read,
+// the rest is written as the masked value with 16-byte stores.
+//
+// This header holds the kernels and the launchers; each softmax_<dtype>.cu
+// instantiates the launchers for one dtype, so that the register-tier kernels
+// (over a hundred) compile in parallel; softmax.cu holds the entry points.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <limits>
+#include <type_traits>
+
+#include "maskext/checks.h"
+#include "maskext/cuda_utils.cuh"
+
+#include "softmax_launch.h"
+
+namespace maskext {
+namespace {
+
+
+using cuda::Vec16;
+constexpr int kBlock = 256;     // threads per block, warp-per-row kernels
+constexpr int kLongBlock = 512; // threads per block (= per row) for long rows
+constexpr int64_t kWarpRowMax = 1024;
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t fast_exp(acc_t v) {
+  return exp(v);
+}
+template <>
+__device__ __forceinline__ float fast_exp<float>(float v) {
+  return __expf(v);
+}
+
+// Running (max, sum of exp(z - max)) of a set of scores. m is never NaN: a NaN
+// score makes s NaN (and it stays NaN), also while m is still -inf, so a row
+// whose visible scores are all NaN is not taken for a fully masked one
+// (that is m == -inf with s == 0).
+template <typename acc_t>
+struct MaxSum {
+  acc_t m, s;
+  __device__ __forceinline__ void add(acc_t z) {
+    if (z == -std::numeric_limits<acc_t>::infinity()) return;  // masked
+    if (z > m) {
+      s = s * fast_exp(m - z) + acc_t(1);
+      m = z;
+    } else {
+      s += fast_exp(z - m);  // NaN z: s becomes NaN
+    }
+  }
+  __device__ __forceinline__ void merge(acc_t m2, acc_t s2) {
+    const acc_t mm = m > m2 ? m : m2;
+    if (mm == -std::numeric_limits<acc_t>::infinity()) {
+      s += s2;  // both sums are 0 or NaN: keep a NaN
+      return;
+    }
+    s = s * fast_exp(m - mm) + s2 * fast_exp(m2 - mm);
+    m = mm;
+  }
+};
+
+// Reduction over the THREADS threads of one row. THREADS == 32: a warp;
+// otherwise the whole block (every thread must call it).
+template <int THREADS, typename acc_t>
+__device__ __forceinline__ MaxSum<acc_t> row_reduce(MaxSum<acc_t> v) {
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) {
+    v.merge(__shfl_xor_sync(0xffffffffu, v.m, off), __shfl_xor_sync(0xffffffffu, v.s, off));
+  }
+  if constexpr (THREADS > 32) {
+    __shared__ acc_t sm[THREADS / 32], ss[THREADS / 32];
+    const int w = threadIdx.x / 32;
+    if (threadIdx.x % 32 == 0) { sm[w] = v.m; ss[w] = v.s; }
+    __syncthreads();
+    v = {sm[0], ss[0]};
+    for (int k = 1; k < THREADS / 32; ++k) v.merge(sm[k], ss[k]);
+    __syncthreads();  // sm/ss are reused by the next row
+  }
+  return v;
+}
+
+template <int THREADS, typename acc_t>
+__device__ __forceinline__ acc_t row_sum(acc_t v) {
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+  if constexpr (THREADS > 32) {
+    __shared__ acc_t sh[THREADS / 32];
+    if (threadIdx.x % 32 == 0) sh[threadIdx.x / 32] = v;
+    __syncthreads();
+    v = sh[0];
+    for (int k = 1; k < THREADS / 32; ++k) v += sh[k];
+    __syncthreads();
+  }
+  return v;
+}
+
+struct RowPos {
+  int64_t b, h, i;
+};
+
+__device__ __forceinline__ RowPos split_row(const SoftmaxArgs& a, int64_t r) {
+  const int64_t t = r / a.Tq;
+  return {t / a.H, t % a.H, r % a.Tq};
+}
+
+__device__ __forceinline__ bool same_alignment(const void* p, const void* q) {
+  return (reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(q)) % 16 == 0;
+}
+
+// GENERAL: a mask tensor and/or a bias is present (scalar loads); otherwise
+// the scores are read with 16-byte loads. LOG: log-softmax, whose masked
+// positions are finfo(dtype).min (exp of them is exactly 0).
+// __launch_bounds__(BLOCK, 1) here and in the backward: with (BLOCK) alone
+// ptxas kept these kernels at 64 registers and spilled (the log-softmax
+// variants of fp16, bf16 and fp32).
+template <typename T, int THREADS, int BLOCK, bool GENERAL, bool LOG>
+__global__ void __launch_bounds__(BLOCK, 1) softmax_forward_kernel(SoftmaxArgs a) {
+  using acc_t = at::opmath_type<T>;
+  using Pack = typename Vec16<T>::Pack;
+  constexpr int VEC = Vec16<T>::N;
+  constexpr int ROWS = BLOCK / THREADS;
+  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
+  const T* x = static_cast<const T*>(a.x);
+  const T* bias = static_cast<const T*>(a.bias);
+  T* out = static_cast<T*>(a.out);
+  const acc_t scale = static_cast<acc_t>(a.scale);
+  const acc_t softcap = static_cast<acc_t>(a.softcap);
+  const acc_t inv_cap = a.softcap > 0 ? static_cast<acc_t>(1.0 / a.softcap) : acc_t(0);
+  // The score of a scaled input: softcap * tanh(v / softcap) when softcap > 0.
+  auto cap = [&](acc_t v) -> acc_t { return softcap > acc_t(0) ? softcap * tanh(v * inv_cap) : v; };
+  const acc_t bias_min = static_cast<acc_t>(std::numeric_limits<T>::lowest());
+  const T masked = LOG ? std::numeric_limits<T>::lowest() : T(0);
+  const int tid = threadIdx.x % THREADS;
+  const int64_t rows = a.rows();
+
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * ROWS + threadIdx.x / THREADS;
+       r - threadIdx.x / THREADS < rows; r += static_cast<int64_t>(gridDim.x) * ROWS) {
+    // Block-wide rows: every thread of the block stays in the loop together.
+    const bool active = r < rows;
+    int64_t lo = 0, hi = 0;
+    RowPos p{0, 0, 0};
+    if (active) {
+      p = split_row(a, r);
+      row_bounds(a.spec, p.b, p.i, lo, hi);
+    }
+    T* o = out + r * a.Tk;
+    const T* xr = x + p.b * a.xs[0] + p.h * a.xs[1] + p.i * a.xs[2];
+    const int64_t mo = p.b * a.ms[0] + p.h * a.ms[1] + p.i * a.ms[2];
+    const int64_t bo = p.b * a.bs[0] + p.h * a.bs[1] + p.i * a.bs[2];
+    auto score = [&](int64_t j) -> acc_t {
+      acc_t z = cap(static_cast<acc_t>(xr[j]) * scale);
+      if constexpr (GENERAL) {
+        if (a.mask != nullptr && !a.mask[mo + j * a.ms[3]]) return kNegInf;
+        if (bias != nullptr) {
+          const acc_t bv = static_cast<acc_t>(bias[bo + j * a.bs[3]]);
+          z = bv <= bias_min ? kNegInf : z + bv;
+        }
+      }
+      return z;
+    };
+    if (active) {
+      cuda::fill(o, lo, masked, tid, THREADS);
+      cuda::fill(o + hi, a.Tk - hi, masked, tid, THREADS);
+    }
+    const int64_t n = hi - lo;
+
+    // Pass 1: running max and sum.
+    MaxSum<acc_t> ms{kNegInf, acc_t(0)};
+    if (GENERAL) {
+      for (int64_t j = lo + tid; j < hi; j += THREADS) ms.add(score(j));
+    } else {
+      cuda::vec_loop(xr + lo, n, tid, THREADS, [&](int64_t k) { ms.add(score(lo + k)); },
+                     [&](int64_t k) {
+                       const Pack pk = *reinterpret_cast<const Pack*>(xr + lo + k);
+#pragma unroll
+                       for (int e = 0; e < VEC; ++e) ms.add(cap(static_cast<acc_t>(pk.v[e]) * scale));
+                     });
+    }
+    ms = row_reduce<THREADS>(ms);
+    if (!active || n == 0) continue;
+    if (ms.m == kNegInf && ms.s == acc_t(0)) {  // every visible key masked by mask/bias
+      cuda::fill(o + lo, n, masked, tid, THREADS);
+      continue;
+    }
+    if (a.sinks != nullptr) {  // the sink joins the normaliser as one more score
+      ms.merge(static_cast<const acc_t*>(a.sinks)[p.b * a.ss[0] + p.h * a.ss[1] + p.i * a.ss[2]],
+               acc_t(1));
+    }
+
+    // Pass 2: normalise. A NaN or +inf score (s NaN or m +inf) makes every
+    // visible output NaN, as torch.softmax and the CPU kernel; masked
+    // positions (-inf) keep the masked value.
+    const bool poisoned = ms.m == -kNegInf || ms.s != ms.s;
+    const acc_t qnan = std::numeric_limits<acc_t>::quiet_NaN();
+    const acc_t inv = poisoned ? qnan : acc_t(1) / ms.s;
+    const acc_t lse = poisoned ? qnan : ms.m + log(ms.s);
+    const acc_t m = ms.m;
+    auto finish = [&](acc_t z) -> acc_t {
+      if constexpr (LOG) {
+        if (z == kNegInf) return bias_min;
+        const acc_t v = z - lse;  // below finfo.min becomes finfo.min; NaN stays NaN
+        return v < bias_min ? bias_min : v;
+      } else {
+        return z == kNegInf ? acc_t(0) : fast_exp(z - m) * inv;
+      }
+    };
+    // Stores follow the output's alignment (128 bits between a scalar head and
+    // tail); the scores come in 16-byte loads when x shares that alignment,
+    // one by one otherwise.
+    const bool xvec = !GENERAL && same_alignment(xr + lo, o + lo);
+    cuda::vec_loop(
+        o + lo, n, tid, THREADS,
+        [&](int64_t k) { o[lo + k] = static_cast<T>(finish(score(lo + k))); },  // [edge]
+        [&](int64_t k) {
+          acc_t res[VEC];
+          if (xvec) {
+            cuda::unpack16<T>(*reinterpret_cast<const uint4*>(xr + lo + k), res);
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) res[e] = finish(cap(res[e] * scale));
+          } else {
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) res[e] = finish(score(lo + k + e));
+          }
+          cuda::store16<T>(o + lo + k, res);
+        });
+  }
+}
+
+// Softmax: dx = scale * y * (dy - sum(dy * y)) on [lo, hi); 0 elsewhere.
+// LOG (y = log-softmax): dx = scale * (dy - exp(y) * sum(dy)), sum and dx over
+// the positions where y != finfo.min. `a.x` is dy.
+template <typename T, int THREADS, int BLOCK, bool LOG>
+__global__ void __launch_bounds__(BLOCK, 1) softmax_backward_kernel(SoftmaxArgs a) {
+  using acc_t = at::opmath_type<T>;
+  using Pack = typename Vec16<T>::Pack;
+  constexpr int VEC = Vec16<T>::N;
+  constexpr int ROWS = BLOCK / THREADS;
+  const T* dy = static_cast<const T*>(a.x);
+  const T* y = static_cast<const T*>(a.y);
+  T* dx = static_cast<T*>(a.out);
+  const acc_t scale = static_cast<acc_t>(a.scale);
+  const T ymin = std::numeric_limits<T>::lowest();
+  const int tid = threadIdx.x % THREADS;
+  const int64_t rows = a.rows();
+  // One position's share of the row sum, and its gradient.
+  auto term = [&](T y, T g) -> acc_t {
+    if constexpr (LOG) {
+      return y == ymin ? acc_t(0) : static_cast<acc_t>(g);
+    } else {
+      return static_cast<acc_t>(y) * static_cast<acc_t>(g);
+    }
+  };
+
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * ROWS + threadIdx.x / THREADS;
+       r - threadIdx.x / THREADS < rows; r += static_cast<int64_t>(gridDim.x) * ROWS) {
+    const bool active = r < rows;
+    int64_t lo = 0, hi = 0;
+    RowPos p{0, 0, 0};
+    if (active) {
+      p = split_row(a, r);
+      row_bounds(a.spec, p.b, p.i, lo, hi);
+    }
+    T* o = dx + r * a.Tk;
+    const T* yr = y + r * a.Tk;
+    const T* gr = dy + p.b * a.xs[0] + p.h * a.xs[1] + p.i * a.xs[2];
+    if (active) {
+      cuda::fill(o, lo, T(0), tid, THREADS);
+      cuda::fill(o + hi, a.Tk - hi, T(0), tid, THREADS);
+    }
+    const int64_t n = hi - lo;
+    // Vector loads of y and dy need them to share dx's alignment (y may be a
+    // view with an odd offset, dy any strided row).
+    const bool vec = same_alignment(gr + lo, o + lo) && same_alignment(yr + lo, o + lo);
+
+    acc_t dot = 0;
+    auto dot1 = [&](int64_t k) { dot += term(yr[lo + k], gr[lo + k]); };
+    if (vec) {
+      cuda::vec_loop(yr + lo, n, tid, THREADS, dot1, [&](int64_t k) {
+        const Pack yp = *reinterpret_cast<const Pack*>(yr + lo + k);
+        const Pack gp = *reinterpret_cast<const Pack*>(gr + lo + k);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) dot += term(yp.v[e], gp.v[e]);
+      });
+    } else {
+      for (int64_t k = tid; k < n; k += THREADS) dot1(k);
+    }
+    dot = row_sum<THREADS>(dot);
+    if (!active || n == 0) continue;
+
+    auto grad = [&](acc_t yv, acc_t gv) -> acc_t {
+      if constexpr (LOG) {
+        return yv == static_cast<acc_t>(ymin) ? acc_t(0) : scale * (gv - fast_exp(yv) * dot);
+      } else {
+        return scale * yv * (gv - dot);
+      }
+    };
+    // Stores follow dx's alignment; y and dy come in 16-byte loads when both
+    // share it, one by one otherwise.
+    cuda::vec_loop(
+        o + lo, n, tid, THREADS,
+        [&](int64_t k) {
+          o[lo + k] = static_cast<T>(grad(static_cast<acc_t>(yr[lo + k]),  // [edge]
+                                          static_cast<acc_t>(gr[lo + k])));
+        },
+        [&](int64_t k) {
+          acc_t yv[VEC];
+          if (vec) {
+            acc_t gv[VEC];
+            cuda::unpack16<T>(*reinterpret_cast<const uint4*>(yr + lo + k), yv);
+            cuda::unpack16<T>(*reinterpret_cast<const uint4*>(gr + lo + k), gv);
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) yv[e] = grad(yv[e], gv[e]);
+          } else {
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) {
+              yv[e] = grad(static_cast<acc_t>(yr[lo + k + e]), static_cast<acc_t>(gr[lo + k + e]));
+            }
+          }
+          cuda::store16<T>(o + lo + k, yv);
+        });
+  }
+}
+
+// ------------------------------------------------------------ register tiers
+//
+// Fast path (no mask or bias tensor) for rows of up to 32K fp16 / bf16 keys
+// (16K fp32): G threads per row (tier A: G < 32, several rows per warp; tier
+// B: a warp; tier C: G = 128, 256 or 512, a block), each holding P 16-byte
+// chunks of the row in registers, so the row is read once: every 16-byte load
+// issued first, then the exact max, one exp per element, the sum, and 128-bit
+// stores. Chunks follow the output row's alignment: chunk c of a row covers
+// positions [c * VEC - a0, (c + 1) * VEC - a0), a0 = the row's offset from a
+// 16-byte boundary, so every chunk inside the row is one aligned STG.E.128 and
+// only the row's first and last chunk can be partial (scalar stores, [edge]).
+// Loads are 128-bit for chunks inside [lo, hi) when the input row shares the
+// output's alignment; the chunks that [lo, hi) cuts, and every chunk of a row
+// whose alignment differs (a view such as x[..., 1:]), are loaded element by
+// element. Nothing outside [lo, hi) is read.
+//
+// Threads per block: 128 (several rows) up to G (one row).
+template <int G>
+constexpr int kTierBlock = G > 128 ? G : 128;
+// Blocks per SM that the registers must allow: 128 registers per thread (16
+// warps per SM), 168 for 16 chunks per thread (64 fp32 scores and the rest do
+// not fit in 128 without spilling).
+template <int G, int P>
+constexpr int kTierMinBlocks = (P >= 16 ? 3 : 4) * 128 / kTierBlock<G> > 0
+                                   ? (P >= 16 ? 3 : 4) * 128 / kTierBlock<G>
+                                   : 1;
+
+// Row r of the (B, H, Tq) rows as (b, h, i) by 32-bit multiply-high divisions
+// (the tiers need rows < 2^31).
+struct RowDiv {
+  cuda::FastDiv tq, h;
+};
+
+struct TierRow {
+  int64_t b, h, i;
+};
+
+__device__ __forceinline__ TierRow tier_row(uint32_t r, const RowDiv& d) {
+  const uint32_t t = d.tq.div(r), b = d.h.div(t);
+  return {b, t - b * d.h.d, r - t * d.tq.d};
+}
+
+// The lanes of this thread's warp that share its row: G consecutive lanes,
+// or the whole warp when G >= 32.
+template <int G>
+__device__ __forceinline__ unsigned group_mask() {
+  if constexpr (G >= 32) {
+    return 0xffffffffu;
+  } else {
+    return ((1u << G) - 1u) << (threadIdx.x % 32 / G * G);
+  }
+}
+
+// op over the G threads of a row, every thread gets the result: shuffles in
+// the warp; for a row of several warps (tier C) each warp's result goes
+// through `part` (G / 32 floats of shared memory, one array per reduction of
+// the kernel) and every warp reduces those with shuffles again (no serial loop).
+template <int G, typename Op>
+__device__ __forceinline__ float group_reduce(float v, unsigned mask, float* part, Op op) {
+#pragma unroll
+  for (int off = (G < 32 ? G : 32) / 2; off > 0; off /= 2) {
+    v = op(v, __shfl_xor_sync(mask, v, off));
+  }
+  if constexpr (G > 32) {
+    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = v;
+    __syncthreads();
+    v = part[threadIdx.x % (G / 32)];
+#pragma unroll
+    for (int off = G / 64; off > 0; off /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, off));
+  }
+  return v;
+}
+
+__device__ __forceinline__ float max_op(float a, float b) { return fmaxf(a, b); }
+__device__ __forceinline__ float sum_op(float a, float b) { return a + b; }
+
+// What the outputs of a row need from its max m (0 when every score is -inf)
+// and its sum s of exp(z - m): the one place where (max, sum) become the
+// normaliser. `sink`, when not null, is the row's extra logit (attention
+// sink), one more score of the normaliser with no output of its own:
+// m' = max(m, sink), s' = s * exp(m - m') + exp(sink - m'). As in the general
+// kernels, a row whose every score is -inf (s == 0) keeps its masked outputs.
+struct RowNorm {
+  float c;        // softmax: y = exp(z - m) * c
+  float lse;      // log-softmax: y = z - lse
+  bool poisoned;  // a NaN or +inf score or sink (s is NaN): visible outputs are NaN
+};
+
+__device__ __forceinline__ RowNorm row_norm(float m, float s, const float* sink) {
+  // s >= 1 when some score is finite (the max adds exp(0)); s == 0 when every
+  // visible score is -inf: all outputs are then the masked value.
+  if (sink == nullptr || s == 0.f) return {s > 0.f ? 1.f / s : 0.f, m + logf(s), s != s};
+  const float k = *sink;
+  const float mk = k > m ? k : m;  // a NaN sink gives s' NaN below
+  const float sk = s * fast_exp(m - mk) + fast_exp(k - mk);
+  return {fast_exp(m - mk) / sk, mk + logf(sk), sk != sk};
+}
+
+// P chunks of 16 bytes per lane as raw bits; `full[k]`: chunk k lies inside
+// [lo, hi) and came in one 128-bit load. Elements outside [lo, hi) are 0.
+template <typename T, int P>
+struct RawRow {
+  uint32_t w[P][4];
+  bool full[P];
+};
+
+template <typename T, int G, int P>
+__device__ __forceinline__ void load_row(const T* __restrict__ src, int lo, int hi, bool vec,
+                                         int lane, int a0, RawRow<T, P>& raw) {
+  constexpr int VEC = Vec16<T>::N;
+  // All 128-bit loads first, so that P of them are in flight per lane.
+#pragma unroll
+  for (int k = 0; k < P; ++k) {
+    const int p = (lane + G * k) * VEC - a0;
+    raw.full[k] = vec && lo <= p && p + VEC <= hi;
+    uint4 u = make_uint4(0, 0, 0, 0);
+    if (raw.full[k]) u = __ldg(reinterpret_cast<const uint4*>(src + p));
+    raw.w[k][0] = u.x;
+    raw.w[k][1] = u.y;
+    raw.w[k][2] = u.z;
+    raw.w[k][3] = u.w;
+  }
+  // The chunks that [lo, hi) cuts (or all, when src is not aligned like the
+  // output), element by element.
+#pragma unroll
+  for (int k = 0; k < P; ++k) {
+    const int p = (lane + G * k) * VEC - a0;
+    if (!raw.full[k] && p < hi && p + VEC > lo) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        if (lo <= p + e && p + e < hi) {
+          if constexpr (sizeof(T) == 2) {
+            const uint32_t bits = *reinterpret_cast<const uint16_t*>(src + p + e);
+            raw.w[k][e / 2] |= bits << (16 * (e % 2));
+          } else {
+            raw.w[k][e] = *reinterpret_cast<const uint32_t*>(src + p + e);
+          }
+        }
+      }
+    }
+  }
+}
+
+template <typename T, int P>
+__device__ __forceinline__ void unpack_chunk(const RawRow<T, P>& raw, int k,
+                                             float (&v)[Vec16<T>::N]) {
+  cuda::unpack16<T>(make_uint4(raw.w[k][0], raw.w[k][1], raw.w[k][2], raw.w[k][3]), v);
+}
+
+// Writes v (P chunks per lane) to the output row o[0, Tk): one 128-bit store
+// per chunk inside the row, scalar stores for the partial first and last.
+template <typename T, int G, int P>
+__device__ __forceinline__ void store_row(T* __restrict__ o, int Tk, int lane, int a0,
+                                          const float (&v)[P][Vec16<T>::N]) {
+  constexpr int VEC = Vec16<T>::N;
+#pragma unroll
+  for (int k = 0; k < P; ++k) {
+    const int p = (lane + G * k) * VEC - a0;
+    if (p >= 0 && p + VEC <= Tk) {
+      cuda::store16<T>(o + p, v[k]);
+    } else if (p < Tk && p + VEC > 0) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        if (p + e >= 0 && p + e < Tk) o[p + e] = static_cast<T>(v[k][e]);  // [edge]
+      }
+    }
+  }
+}
+
+template <typename T, int G, int P, bool LOG>
+__global__ void __launch_bounds__(kTierBlock<G>, (kTierMinBlocks<G, P>)) softmax_tier_forward_kernel(
+    SoftmaxArgs a, RowDiv d) {
+  constexpr int VEC = Vec16<T>::N;
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  __shared__ float part[2][G > 32 ? G / 32 : 1];  // tier C: the max, then the sum
+  const uint32_t r = blockIdx.x * (kTierBlock<G> / G) + threadIdx.x / G;
+  if (r >= a.rows()) return;  // whole rows: the G lanes of a row leave together
+  const int lane = threadIdx.x % G;
+  const unsigned mask = group_mask<G>();
+  const TierRow pos = tier_row(r, d);
+  int64_t lo64, hi64;
+  row_bounds(a.spec, pos.b, pos.i, lo64, hi64);
+  const int lo = static_cast<int>(lo64), hi = static_cast<int>(hi64), Tk = static_cast<int>(a.Tk);
+  T* __restrict__ o = static_cast<T*>(a.out) + static_cast<int64_t>(r) * a.Tk;
+  const T* __restrict__ xr = static_cast<const T*>(a.x) + pos.b * a.xs[0] + pos.h * a.xs[1] +
+                             pos.i * a.xs[2];
+  const int a0 = static_cast<int>(reinterpret_cast<uintptr_t>(o) / sizeof(T) % VEC);
+  const float masked = LOG ? static_cast<float>(std::numeric_limits<T>::lowest()) : 0.f;
+  float v[P][VEC];
+  if (lo >= hi) {  // fully masked row: its masked values, nothing read
+#pragma unroll
+    for (int k = 0; k < P; ++k) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) v[k][e] = masked;
+    }
+    store_row<T, G, P>(o, Tk, lane, a0, v);
+    return;
+  }
+
+  const float scale = static_cast<float>(a.scale);
+  const float softcap = static_cast<float>(a.softcap);
+  const float* sink = a.sinks == nullptr ? nullptr
+                                         : static_cast<const float*>(a.sinks) + pos.b * a.ss[0] +
+                                               pos.h * a.ss[1] + pos.i * a.ss[2];
+  const float inv_cap = a.softcap > 0 ? static_cast<float>(1.0 / a.softcap) : 0.f;
+  const bool vec = same_alignment(xr, o);
+  // v = the scores scale * x (softcapped), -inf outside [lo, hi).
+  auto load_scores = [&] {
+    RawRow<T, P> raw;
+    load_row<T, G, P>(xr, lo, hi, vec, lane, a0, raw);
+#pragma unroll
+    for (int k = 0; k < P; ++k) {
+      const int p = (lane + G * k) * VEC - a0;
+      unpack_chunk(raw, k, v[k]);
+      if (raw.full[k]) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) v[k][e] *= scale;
+      } else {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+          v[k][e] = lo <= p + e && p + e < hi ? v[k][e] * scale : kNegInf;
+        }
+      }
+    }
+    if (softcap > 0.f) {  // softcap * tanh(z / softcap) on the visible scores
+#pragma unroll
+      for (int k = 0; k < P; ++k) {
+        const int p = (lane + G * k) * VEC - a0;
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+          if (lo <= p + e && p + e < hi) v[k][e] = softcap * tanhf(v[k][e] * inv_cap);
+        }
+      }
+    }
+  };
+  load_scores();
+
+  float m = kNegInf;  // fmaxf skips NaN: a NaN score shows up in the sum
+#pragma unroll
+  for (int k = 0; k < P; ++k) {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) m = fmaxf(m, v[k][e]);
+  }
+  m = group_reduce<G>(m, mask, part[0], max_op);
+  if (m == kNegInf) m = 0.f;  // every score -inf: exp(-inf - 0) = 0, no NaN
+  float s = 0.f;
+  if constexpr (LOG) {
+#pragma unroll
+    for (int k = 0; k < P; ++k) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) s += fast_exp(v[k][e] - m);
+    }
+    const RowNorm n = row_norm(m, group_reduce<G>(s, mask, part[1], sum_op), sink);
+#pragma unroll
+    for (int k = 0; k < P; ++k) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        const float y = v[k][e] - n.lse;  // below finfo.min becomes finfo.min; NaN stays NaN
+        v[k][e] = v[k][e] == kNegInf || y < masked ? masked : y;
+      }
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < P; ++k) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        v[k][e] = fast_exp(v[k][e] - m);  // the one exp of each element
+        s += v[k][e];
+      }
+    }
+    const RowNorm n = row_norm(m, group_reduce<G>(s, mask, part[1], sum_op), sink);
+    if (n.poisoned) {
+      // Rare: NaN at every visible position but those whose score is -inf,
+      // which the exps no longer tell apart: read the row again.
+      load_scores();
+#pragma unroll
+      for (int k = 0; k < P; ++k) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+          v[k][e] = v[k][e] == kNegInf ? 0.f : std::numeric_limits<float>::quiet_NaN();
+        }
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < P; ++k) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) v[k][e] *= n.c;
+      }
+    }
+  }
+  store_row<T, G, P>(o, Tk, lane, a0, v);
+}
+
+// Backward of the tiers: y and dy held in registers as raw bits (read once),
+// converted on use. Softmax: dx = scale * y * (dy - sum(dy * y)); LOG: dx =
+// scale * (dy - exp(y) * sum(dy)) where y != finfo.min; 0 outside [lo, hi).
+template <typename T, int G, int P, bool LOG>
+__global__ void __launch_bounds__(kTierBlock<G>, (kTierMinBlocks<G, P>)) softmax_tier_backward_kernel(
+    SoftmaxArgs a, RowDiv d) {
+  constexpr int VEC = Vec16<T>::N;
+  __shared__ float part[G > 32 ? G / 32 : 1];  // tier C: the sum
+  const uint32_t r = blockIdx.x * (kTierBlock<G> / G) + threadIdx.x / G;
+  if (r >= a.rows()) return;
+  const int lane = threadIdx.x % G;
+  const unsigned mask = group_mask<G>();
+  const TierRow pos = tier_row(r, d);
+  int64_t lo64, hi64;
+  row_bounds(a.spec, pos.b, pos.i, lo64, hi64);
+  const int lo = static_cast<int>(lo64), hi = static_cast<int>(hi64), Tk = static_cast<int>(a.Tk);
+  T* __restrict__ o = static_cast<T*>(a.out) + static_cast<int64_t>(r) * a.Tk;
+  const T* __restrict__ yr = static_cast<const T*>(a.y) + static_cast<int64_t>(r) * a.Tk;
+  const T* __restrict__ gr = static_cast<const T*>(a.x) + pos.b * a.xs[0] + pos.h * a.xs[1] +
+                             pos.i * a.xs[2];
+  const int a0 = static_cast<int>(reinterpret_cast<uintptr_t>(o) / sizeof(T) % VEC);
+  float v[P][VEC];
+  if (lo >= hi) {
+#pragma unroll
+    for (int k = 0; k < P; ++k) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) v[k][e] = 0.f;
+    }
+    store_row<T, G, P>(o, Tk, lane, a0, v);
+    return;
+  }
+  const bool vec = same_alignment(yr, o) && same_alignment(gr, o);
+  RawRow<T, P> yraw, graw;  // 0 outside [lo, hi): adds nothing to the sums below
+  load_row<T, G, P>(yr, lo, hi, vec, lane, a0, yraw);
+  load_row<T, G, P>(gr, lo, hi, vec, lane, a0, graw);
+  const float ymin = static_cast<float>(std::numeric_limits<T>::lowest());
+  float dot = 0.f;
+#pragma unroll
+  for (int k = 0; k < P; ++k) {
+    float yv[VEC], gv[VEC];
+    unpack_chunk(yraw, k, yv);
+    unpack_chunk(graw, k, gv);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) dot += LOG ? (yv[e] == ymin ? 0.f : gv[e]) : yv[e] * gv[e];
+  }
+  dot = group_reduce<G>(dot, mask, part, sum_op);
+  const float scale = static_cast<float>(a.scale);
+#pragma unroll
+  for (int k = 0; k < P; ++k) {
+    const int p = (lane + G * k) * VEC - a0;
+    float gv[VEC];
+    unpack_chunk(yraw, k, v[k]);
+    unpack_chunk(graw, k, gv);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      const float yv = v[k][e];
+      if constexpr (LOG) {
+        v[k][e] = yv == ymin ? 0.f : scale * (gv[e] - fast_exp(yv) * dot);
+      } else {
+        v[k][e] = scale * yv * (gv[e] - dot);
+      }
+      // dx is 0 outside [lo, hi), whatever dot is (NaN in a NaN row)
+      if (!yraw.full[k] && !(lo <= p + e && p + e < hi)) v[k][e] = 0.f;
+    }
+  }
+  store_row<T, G, P>(o, Tk, lane, a0, v);
+}
+
+// Which tier holds rows of `a`, as the number of 16-byte chunks a row needs
+// (0: none; the general kernels take the problem). The output is contiguous
+// and 16-byte aligned, so row r starts (r * Tk) % VEC elements past a 16-byte
+// boundary: Tk / VEC chunks when VEC divides Tk, else up to one more.
+template <typename T>
+int64_t tier_chunks(const SoftmaxArgs& a, int64_t max_chunks) {
+  constexpr int VEC = Vec16<T>::N;
+  if (a.mask != nullptr || a.bias != nullptr || a.rows() >= (int64_t(1) << 31) ||
+      reinterpret_cast<uintptr_t>(a.out) % 16 != 0) {
+    return 0;
+  }
+  const int64_t chunks = a.Tk % VEC == 0 ? a.Tk / VEC : (a.Tk + 2 * VEC - 2) / VEC;
+  return chunks <= max_chunks ? chunks : 0;
+}
+
+// Calls f.template operator()<G, P>() for the smallest tier with G * P >=
+// chunks, 0 < chunks <= kTierMaxChunks<MAXP> (MAXP = 4, 8 or 16: the most
+// chunks per thread): tier A (4-16 lanes, 1 chunk each), tier B (a warp,
+// 1-MAXP chunks per lane), tier C (128-512 threads, MAXP chunks each; 512 *
+// 16 chunks of 168 registers would not fit an SM's 64K registers).
+template <int MAXP>
+constexpr int64_t kTierMaxChunks = (MAXP == 16 ? 256 : 512) * MAXP;
+
+template <int MAXP, typename F>
+void with_tier(int64_t chunks, F&& f) {
+  if (chunks <= 4) {
+    f.template operator()<4, 1>();
+  } else if (chunks <= 8) {
+    f.template operator()<8, 1>();
+  } else if (chunks <= 16) {
+    f.template operator()<16, 1>();
+  } else if (chunks <= 32) {
+    f.template operator()<32, 1>();
+  } else if (chunks <= 64) {
+    f.template operator()<32, 2>();
+  } else if (chunks <= 128) {
+    f.template operator()<32, 4>();
+  } else if (chunks <= 32 * MAXP) {
+    if constexpr (MAXP >= 8) {
+      if (chunks <= 256) {
+        f.template operator()<32, 8>();
+      } else if constexpr (MAXP == 16) {
+        f.template operator()<32, 16>();
+      }
+    }
+  } else if (chunks <= 128 * MAXP) {
+    f.template operator()<128, MAXP>();
+  } else if (chunks <= 256 * MAXP) {
+    f.template operator()<256, MAXP>();
+  } else if constexpr (MAXP <= 8) {
+    f.template operator()<512, MAXP>();
+  }
+}
+
+}  // namespace
+
+// Most 16-byte chunks per thread in the forward tiers (0: no tiers): as many
+// registers of scores (64 floats) for fp16 / bf16 and fp32.
+template <typename T>
+constexpr int kTierMaxP = std::is_same_v<T, double> ? 0 : (sizeof(T) == 4 ? 16 : 8);
+
+// The one place that picks a kernel: the register tiers for the fp16, bf16
+// and fp32 rows they hold (no mask or bias tensor), else a warp per row up to
+// kWarpRowMax keys, else a block per row.
+template <typename T, bool LOG>
+void launch_softmax_forward(const SoftmaxArgs& a, cudaStream_t stream) {
+  if constexpr (kTierMaxP<T> > 0) {
+    if (const int64_t chunks = tier_chunks<T>(a, kTierMaxChunks<kTierMaxP<T>>)) {
+      const RowDiv d{cuda::FastDiv(a.Tq), cuda::FastDiv(a.H)};
+      with_tier<kTierMaxP<T>>(chunks, [&]<int G, int P>() {
+        constexpr int kRows = kTierBlock<G> / G;  // rows per block
+        const int64_t grid = (a.rows() + kRows - 1) / kRows;
+        softmax_tier_forward_kernel<T, G, P, LOG>
+            <<<static_cast<unsigned>(grid), kTierBlock<G>, 0, stream>>>(a, d);
+      });
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
+  }
+  auto general = [&]<int THREADS, int BLOCK>() {
+    const unsigned grid = cuda::grid_for(a.rows(), BLOCK / THREADS, 2048 / BLOCK);
+    if (a.mask != nullptr || a.bias != nullptr) {
+      softmax_forward_kernel<T, THREADS, BLOCK, true, LOG><<<grid, BLOCK, 0, stream>>>(a);
+    } else {
+      softmax_forward_kernel<T, THREADS, BLOCK, false, LOG><<<grid, BLOCK, 0, stream>>>(a);
+    }
+  };
+  if (a.Tk <= kWarpRowMax) {
+    general.template operator()<32, kBlock>();
+  } else {
+    general.template operator()<kLongBlock, kLongBlock>();
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// As launch_softmax_forward; the tiers hold y and dy, so half the chunks per thread
+// (rows of up to 16K keys, every dtype).
+template <typename T, bool LOG>
+void launch_softmax_backward(const SoftmaxArgs& a, cudaStream_t stream) {
+  if constexpr (kTierMaxP<T> > 0) {
+    if (const int64_t chunks = tier_chunks<T>(a, kTierMaxChunks<kTierMaxP<T> / 2>)) {
+      const RowDiv d{cuda::FastDiv(a.Tq), cuda::FastDiv(a.H)};
+      with_tier<kTierMaxP<T> / 2>(chunks, [&]<int G, int P>() {
+        constexpr int kRows = kTierBlock<G> / G;  // rows per block
+        const int64_t grid = (a.rows() + kRows - 1) / kRows;
+        softmax_tier_backward_kernel<T, G, P, LOG>
+            <<<static_cast<unsigned>(grid), kTierBlock<G>, 0, stream>>>(a, d);
+      });
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
+  }
+  auto general = [&]<int THREADS, int BLOCK>() {
+    const unsigned grid = cuda::grid_for(a.rows(), BLOCK / THREADS, 2048 / BLOCK);
+    softmax_backward_kernel<T, THREADS, BLOCK, LOG><<<grid, BLOCK, 0, stream>>>(a);
+  };
+  if (a.Tk <= kWarpRowMax) {
+    general.template operator()<32, kBlock>();
+  } else {
+    general.template operator()<kLongBlock, kLongBlock>();
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Explicit instantiations for one dtype, in its own translation unit.
+#define MASKEXT_SOFTMAX_INSTANTIATE(T)                                              \
+  template void launch_softmax_forward<T, false>(const SoftmaxArgs&, cudaStream_t);  \
+  template void launch_softmax_forward<T, true>(const SoftmaxArgs&, cudaStream_t);   \
+  template void launch_softmax_backward<T, false>(const SoftmaxArgs&, cudaStream_t); \
+  template void launch_softmax_backward<T, true>(const SoftmaxArgs&, cudaStream_t);
+
+}  // namespace maskext
