@@ -385,16 +385,21 @@ def test_log_softmax_opcheck(device):
 def _tier(Tk, dtype, backward):
     """The register tier, (threads per row, 16-byte chunks per thread), that
     csrc/cuda/softmax_kernels.cuh picks for rows of Tk keys, None for the general kernels;
-    mirrors tier_chunks and with_tier there."""
+    mirrors tier_chunks, with_forward_tier and with_tier there."""
     vec = 128 // torch.finfo(dtype).bits  # elements in 16 bytes
     need = Tk // vec if Tk % vec == 0 else (Tk + 2 * vec - 2) // vec
-    maxp = (16 if vec == 4 else 8) // (2 if backward else 1)
-    if need > (256 if maxp == 16 else 512) * maxp:
-        return None
-    for g, p in [(4, 1), (8, 1), (16, 1), (32, 1), (32, 2), (32, 4), (32, 8), (32, 16), (128, maxp),
-                 (256, maxp), (512, maxp)]:
-        if p <= maxp and need <= g * p:
+    if not backward:  # with_forward_tier<MAXP>, MAXP = 16 for fp32, 8 for fp16 / bf16
+        tiers = [(4, 1), (4, 2), (4, 4), (8, 4), (16, 4), (32, 4), (32, 8), (128, 4), (128, 8)]
+        tiers += [(128, 16), (256, 16)] if vec == 4 else [(256, 8), (512, 8)]
+    else:  # with_tier<MAXP>, MAXP = 8 for fp32, 4 for fp16 / bf16
+        maxp = 8 if vec == 4 else 4
+        tiers = [(4, 1), (8, 1), (16, 1), (32, 1), (32, 2), (32, 4), (32, 8), (128, maxp),
+                 (256, maxp), (512, maxp)]
+        tiers = [(g, p) for g, p in tiers if p <= maxp]
+    for g, p in tiers:
+        if need <= g * p:
             return g, p
+    return None
 
 
 def tier_edges(dtype, backward):

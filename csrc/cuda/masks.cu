@@ -13,12 +13,51 @@ namespace {
 
 using cuda::Vec16;
 
-// Each thread writes 16-byte chunks of the flat (rows, cols) output, so every
-// store is a full vector whatever cols is; rows are found from the flat index.
+// VEC values of a 16-byte chunk of row positions [p, p + VEC): keep inside
+// [lo, hi), masked outside, as one uint4 (whole chunks inside or outside are
+// splats; only a chunk that lo or hi cuts is built element by element).
+template <typename T>
+__device__ __forceinline__ uint4 mask_chunk(int64_t p, int64_t lo, int64_t hi, T keep, T masked,
+                                            uint4 keep16, uint4 masked16) {
+  constexpr int VEC = Vec16<T>::N;
+  if (p >= lo && p + VEC <= hi) return keep16;
+  if (p + VEC <= lo || p >= hi) return masked16;
+  T v[VEC];
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) v[e] = (p + e >= lo && p + e < hi) ? keep : masked;
+  uint4 u;
+  memcpy(&u, v, 16);
+  return u;
+}
+
+// Rows that start 16-byte aligned (cols % VEC == 0): a warp per row, whose
+// bounds are found once, its lanes writing the row's chunks with 128-bit
+// stores. (Finding the row per chunk, from a flat index, took three 64-bit
+// divisions and row_bounds per 16 bytes: 2.4-3.7x the time of fill_ on an
+// H200.)
+template <typename T>
+__global__ void interval_mask_rows_kernel(IntervalMaskArgs a, T keep, T masked) {
+  constexpr int VEC = Vec16<T>::N;
+  T* out = static_cast<T*>(a.out);
+  const uint4 keep16 = cuda::splat16(keep), masked16 = cuda::splat16(masked);
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
+  for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
+       r < a.rows; r += warps) {
+    int64_t lo, hi;
+    row_bounds(a.spec, r / a.spec.q_len, r % a.spec.q_len, lo, hi);
+    T* o = out + r * a.cols;
+    for (int64_t p = static_cast<int64_t>(lane) * VEC; p < a.cols; p += 32 * VEC) {
+      cuda::st_global_128(o + p, mask_chunk<T>(p, lo, hi, keep, masked, keep16, masked16));
+    }
+  }
+}
+
+// Any cols: each thread writes 16-byte chunks of the flat (rows, cols) output,
+// so every store but the last is a full vector; a chunk may cross rows.
 template <typename T>
 __global__ void interval_mask_kernel(IntervalMaskArgs a, T keep, T masked) {
   constexpr int VEC = Vec16<T>::N;
-  using Pack = typename Vec16<T>::Pack;
   T* out = static_cast<T*>(a.out);
   const int64_t total = a.rows * a.cols;
   const int64_t nchunks = (total + VEC - 1) / VEC;
@@ -28,7 +67,7 @@ __global__ void interval_mask_kernel(IntervalMaskArgs a, T keep, T masked) {
     int64_t r = start / a.cols, col = start - r * a.cols;
     int64_t lo, hi;
     row_bounds(a.spec, r / a.spec.q_len, r % a.spec.q_len, lo, hi);
-    Pack pk;
+    T v[VEC];
 #pragma unroll
     for (int e = 0; e < VEC; ++e) {
       if (col == a.cols) {  // the chunk crosses into the next row
@@ -36,13 +75,18 @@ __global__ void interval_mask_kernel(IntervalMaskArgs a, T keep, T masked) {
         col = 0;
         if (r < a.rows) row_bounds(a.spec, r / a.spec.q_len, r % a.spec.q_len, lo, hi);
       }
-      pk.v[e] = (col >= lo && col < hi) ? keep : masked;
+      v[e] = (col >= lo && col < hi) ? keep : masked;
       ++col;
     }
     if (start + VEC <= total) {
-      *reinterpret_cast<Pack*>(out + start) = pk;
+      uint4 u;
+      memcpy(&u, v, 16);
+      cuda::st_global_128(out + start, u);
     } else {
-      for (int e = 0; start + e < total; ++e) out[start + e] = pk.v[e];
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        if (start + e < total) out[start + e] = v[e];  // [edge]
+      }
     }
   }
 }
@@ -54,9 +98,16 @@ void write_interval_mask_cuda(const IntervalMaskArgs& a, const at::Tensor& out) 
   AT_DISPATCH_ALL_TYPES_AND3(at::kBool, at::kHalf, at::kBFloat16, out.scalar_type(),
                              "interval_mask", [&] {
     constexpr int threads = 256;
-    const int64_t chunks = (a.rows * a.cols + Vec16<scalar_t>::N - 1) / Vec16<scalar_t>::N;
-    interval_mask_kernel<scalar_t><<<cuda::grid_for(chunks, threads), threads, 0, stream>>>(
-        a, static_cast<scalar_t>(a.keep), static_cast<scalar_t>(a.masked));
+    constexpr int VEC = Vec16<scalar_t>::N;
+    const scalar_t keep = static_cast<scalar_t>(a.keep), masked = static_cast<scalar_t>(a.masked);
+    if (a.cols % VEC == 0 && reinterpret_cast<uintptr_t>(a.out) % 16 == 0) {
+      interval_mask_rows_kernel<scalar_t>
+          <<<cuda::grid_for(a.rows, threads / 32), threads, 0, stream>>>(a, keep, masked);
+    } else {
+      const int64_t chunks = (a.rows * a.cols + VEC - 1) / VEC;
+      interval_mask_kernel<scalar_t><<<cuda::grid_for(chunks, threads), threads, 0, stream>>>(
+          a, keep, masked);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

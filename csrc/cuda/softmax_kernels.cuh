@@ -712,16 +712,18 @@ int64_t tier_chunks(const SoftmaxArgs& a, int64_t max_chunks) {
   return chunks <= max_chunks ? chunks : 0;
 }
 
-// Calls f.template operator()<G, P>() for the smallest tier with G * P >=
-// chunks, 0 < chunks <= kTierMaxChunks<MAXP> (MAXP = 4, 8 or 16: the most
-// chunks per thread): tier A (4-16 lanes, 1 chunk each), tier B (a warp,
-// 1-MAXP chunks per lane), tier C (128-512 threads, MAXP chunks each; 512 *
-// 16 chunks of 168 registers would not fit an SM's 64K registers).
+// The backward's tier: calls f.template operator()<G, P>() for the smallest
+// tier with G * P >= chunks, 0 < chunks <= kTierMaxChunks<MAXP> (MAXP = 4 or
+// 8: the most chunks of y and of dy per thread): tier A (4-16 lanes, 1 chunk
+// each), tier B (a warp, 1-MAXP chunks per lane), tier C (128-512 threads,
+// MAXP chunks each). Measured on an H200 at 1.3-2.1x the copy's time (it moves
+// 1.5x the copy's bytes: y and dy in, dx out); not re-chosen like the forward's.
 template <int MAXP>
-constexpr int64_t kTierMaxChunks = (MAXP == 16 ? 256 : 512) * MAXP;
+constexpr int64_t kTierMaxChunks = 512 * MAXP;
 
 template <int MAXP, typename F>
 void with_tier(int64_t chunks, F&& f) {
+  static_assert(MAXP == 4 || MAXP == 8, "with_tier: 4 or 8 chunks per thread");
   if (chunks <= 4) {
     f.template operator()<4, 1>();
   } else if (chunks <= 8) {
@@ -734,27 +736,75 @@ void with_tier(int64_t chunks, F&& f) {
     f.template operator()<32, 2>();
   } else if (chunks <= 128) {
     f.template operator()<32, 4>();
-  } else if (chunks <= 32 * MAXP) {
-    if constexpr (MAXP >= 8) {
-      if (chunks <= 256) {
-        f.template operator()<32, 8>();
-      } else if constexpr (MAXP == 16) {
-        f.template operator()<32, 16>();
-      }
-    }
+  } else if (MAXP == 8 && chunks <= 256) {
+    f.template operator()<32, MAXP>();
   } else if (chunks <= 128 * MAXP) {
     f.template operator()<128, MAXP>();
   } else if (chunks <= 256 * MAXP) {
     f.template operator()<256, MAXP>();
-  } else if constexpr (MAXP <= 8) {
+  } else {
     f.template operator()<512, MAXP>();
+  }
+}
+
+// The forward's tier for rows of `chunks` 16-byte chunks, 0 < chunks <=
+// kForwardTierMaxChunks (fp16 / bf16 rows of up to 32K keys, fp32 of 16K):
+// calls f.template operator()<G, P>(). MAXP: the most chunks per thread,
+// 8 for fp16 / bf16 (64 scores), 16 for fp32 (64 scores).
+//
+// Why these: measured on an H200 (2026-11-26), a row's time is set by the
+// bytes each SM has in flight, and a thread's registers are mostly its
+// chunks' (raw bits and scores), with a fixed overhead that more chunks per
+// thread share: at 1 chunk per lane (tier A, 128 fp16 keys on 16 lanes, 40
+// registers, 48 warps/SM) an SM holds 24 KB of loads in flight and ran at
+// 1.64x the copy's time; at 4 per lane (a warp per 1024 keys, 72 registers,
+// 28 warps) 56 KB and 1.15x; tier C with half its chunks idle (4096 fp16 keys
+// on 128 x 8) 32 KB and 2.45x; fp32 rows of 8192 keys on 128 x 16 (168
+// registers, 12 warps) 96 KB and 1.27-1.36x. So: at least 4 chunks per
+// thread when the row has them (4 lanes up to 16 chunks, twice the lanes per
+// doubling up to a warp), then 8 per lane, then blocks of 128-512 threads,
+// never with half their chunks idle, and 16 chunks per thread for long fp32
+// rows.
+constexpr int64_t kForwardTierMaxChunks = 4096;
+
+template <int MAXP, typename F>
+void with_forward_tier(int64_t chunks, F&& f) {
+  static_assert(MAXP == 8 || MAXP == 16, "with_forward_tier: 8 or 16 chunks per thread");
+  if (chunks <= 4) {
+    f.template operator()<4, 1>();
+  } else if (chunks <= 8) {
+    f.template operator()<4, 2>();
+  } else if (chunks <= 16) {
+    f.template operator()<4, 4>();
+  } else if (chunks <= 32) {
+    f.template operator()<8, 4>();
+  } else if (chunks <= 64) {
+    f.template operator()<16, 4>();
+  } else if (chunks <= 128) {
+    f.template operator()<32, 4>();
+  } else if (chunks <= 256) {
+    f.template operator()<32, 8>();
+  } else if (chunks <= 512) {
+    f.template operator()<128, 4>();
+  } else if (chunks <= 1024) {
+    f.template operator()<128, 8>();
+  } else if constexpr (MAXP == 16) {
+    if (chunks <= 2048) {
+      f.template operator()<128, 16>();
+    } else {
+      f.template operator()<256, 16>();
+    }
+  } else if (chunks <= 2048) {
+    f.template operator()<256, 8>();
+  } else {
+    f.template operator()<512, 8>();
   }
 }
 
 }  // namespace
 
-// Most 16-byte chunks per thread in the forward tiers (0: no tiers): as many
-// registers of scores (64 floats) for fp16 / bf16 and fp32.
+// Most 16-byte chunks per thread in the forward tiers (0: no tiers): 64
+// scores; the backward holds y and dy, half as many of each.
 template <typename T>
 constexpr int kTierMaxP = std::is_same_v<T, double> ? 0 : (sizeof(T) == 4 ? 16 : 8);
 
@@ -764,9 +814,9 @@ constexpr int kTierMaxP = std::is_same_v<T, double> ? 0 : (sizeof(T) == 4 ? 16 :
 template <typename T, bool LOG>
 void launch_softmax_forward(const SoftmaxArgs& a, cudaStream_t stream) {
   if constexpr (kTierMaxP<T> > 0) {
-    if (const int64_t chunks = tier_chunks<T>(a, kTierMaxChunks<kTierMaxP<T>>)) {
+    if (const int64_t chunks = tier_chunks<T>(a, kForwardTierMaxChunks)) {
       const RowDiv d{cuda::FastDiv(a.Tq), cuda::FastDiv(a.H)};
-      with_tier<kTierMaxP<T>>(chunks, [&]<int G, int P>() {
+      with_forward_tier<kTierMaxP<T>>(chunks, [&]<int G, int P>() {
         constexpr int kRows = kTierBlock<G> / G;  // rows per block
         const int64_t grid = (a.rows() + kRows - 1) / kRows;
         softmax_tier_forward_kernel<T, G, P, LOG>
