@@ -122,3 +122,33 @@ def test_mask_generator_learns_the_signal_features(device):
     m = gen(torch.zeros(1, 1, D, device=device))[0, 0]  # the learnt per-feature gate
     assert (m[:signal] > 0.9).all() and (m[signal:] < 0.1).all(), m
     assert loss.item() < 1.0
+
+
+# Feature sizes that are and are not whole 16-byte chunks, and a misaligned x:
+# on CUDA the first take the chunked kernels (one step lookup per chunk), the
+# others and misaligned data the element-wise ones.
+@pytest.mark.parametrize("F", [1, 3, 8, 16, 24])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("misaligned", [False, True])
+def test_gate_chunked_and_elementwise(device, F, dtype, misaligned):
+    B, T = 5, 11
+    logits = (torch.randn(B, T, F, device=device) * 3).to(dtype)
+    if misaligned:  # a contiguous x whose data starts one element past a 16-byte boundary
+        x = torch.randn(B * T * F + 1, device=device).to(dtype)[1:].view(B, T, F)
+    else:
+        x = torch.randn(B, T, F, device=device).to(dtype)
+    L = rand_lengths(B, T, device)
+    tol = dict(atol=1e-2, rtol=1e-2) if dtype in (torch.float16, torch.bfloat16) else {}
+    for hard in (False, True):
+        got = maskext.sigmoid_gate(x, logits, L, temperature=0.7, hard=hard)
+        want = R.sigmoid_gate(x.double(), logits.double(), L, temperature=0.7, hard=hard)
+        torch.testing.assert_close(got, want.to(dtype), **tol)
+    xg = x.detach().clone().requires_grad_(True)
+    lg = logits.detach().clone().requires_grad_(True)
+    xr = x.detach().double().requires_grad_(True)
+    lr = logits.detach().double().requires_grad_(True)
+    gy = torch.randn(B, T, F, device=device).to(dtype)
+    maskext.sigmoid_gate(xg, lg, L, temperature=0.7).backward(gy)
+    R.sigmoid_gate(xr, lr, L, temperature=0.7).backward(gy.double())
+    torch.testing.assert_close(xg.grad, xr.grad.to(dtype), **tol)
+    torch.testing.assert_close(lg.grad, lr.grad.to(dtype), **tol)

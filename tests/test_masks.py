@@ -236,3 +236,22 @@ def test_compile_fullgraph(device):
     want = build(L, QL)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
+
+
+# Row lengths that are and are not a multiple of 16 bytes for each dtype: on
+# CUDA the first get a warp per row with 128-bit splat stores, the others the
+# flat kernel whose chunks cross rows.
+@pytest.mark.parametrize("cols", [16, 24, 48, 64, 100, 256])
+@pytest.mark.parametrize("dtype", [torch.bool, torch.float16, torch.float32, torch.float64,
+                                   torch.int64])
+def test_masks_rows_aligned_or_not(device, cols, dtype):
+    L = rand_lengths(6, cols, device=device, over=True)
+    torch.testing.assert_close(maskext.lengths_to_mask(L, cols, dtype=dtype),
+                               R.lengths_to_mask(L, cols, dtype=dtype))
+    torch.testing.assert_close(maskext.lengths_to_mask(L, cols, left_pad=True, dtype=dtype),
+                               R.lengths_to_mask(L, cols, left_pad=True, dtype=dtype))
+    if dtype in (torch.bool, torch.float16, torch.float32):
+        for kw in (dict(causal=True), dict(window=(5, 2)), dict(q_lengths=L.flip(0))):
+            got = maskext.attention_mask(L, q_len=7, k_len=cols, dtype=dtype, **kw)
+            want = R.attention_mask(L, q_len=7, k_len=cols, dtype=dtype, **kw)
+            torch.testing.assert_close(got, want)

@@ -153,3 +153,18 @@ def test_fill_padding_inplace_op_under_autograd(device):
     assert s._version > v
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         s.sum().backward()
+
+
+# Steps of whole 16-byte chunks or not, x aligned like the output or not: on
+# CUDA the real steps are then copied with 128-bit or element-wise accesses.
+@pytest.mark.parametrize("F", [1, 5, 8, 64])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64, torch.bool])
+@pytest.mark.parametrize("misaligned", [False, True])
+def test_fill_padding_chunked_copies(device, F, dtype, misaligned):
+    B, T = 5, 9
+    n = B * T * F
+    flat = (torch.randn(n + 1, device=device) * 10).to(dtype)
+    x = (flat[1:] if misaligned else flat[:n]).view(B, T, F)
+    L = rand_lengths(B, T, device)
+    value = True if dtype == torch.bool else -2
+    torch.testing.assert_close(maskext.fill_padding(x, L, value), R.fill_padding(x, L, value))
