@@ -75,14 +75,23 @@ def main():
             xr = x.detach().requires_grad_()
             maskext.masked_softmax(xr, **kw).sum().backward()
     L = torch.tensor([2**40, 0, 5, 17], device=dev)
+    # k_len 17: the flat mask kernel (chunks cross rows); 64: a warp per row.
     for dtype in (torch.bool, torch.float16, torch.float32, torch.float64):
-        maskext.attention_mask(L, q_len=13, k_len=17, q_lengths=L, causal=True, window=(3, None),
-                               dtype=dtype)
-    for T in (0, 1, 33):
+        for k_len in (17, 64):
+            maskext.attention_mask(L, q_len=13, k_len=k_len, q_lengths=L, causal=True,
+                                   window=(3, None), dtype=dtype)
+    # Feature sizes 5 (element-wise gate and copies) and 16 (16-byte chunks),
+    # in fp32 and fp16, and a misaligned fp16 x.
+    for T, F, dtype in ((0, 5, torch.float32), (1, 5, torch.float32), (33, 5, torch.float32),
+                        (64, 16, torch.float32), (33, 16, torch.float16), (33, -16, torch.float16)):
         m = maskext.lengths_to_mask(L, T, left_pad=True)
         maskext.mask_to_lengths(m)
         maskext.lengths_from_padded(torch.randn(4, T, 3, device=dev), 0.0)
-        z = torch.randn(4, T, 5, device=dev, requires_grad=True)
+        if F > 0:
+            z = torch.randn(4, T, F, device=dev, dtype=dtype, requires_grad=True)
+        else:  # contiguous, one element past a 16-byte boundary
+            z = torch.randn(4 * T * -F + 1, device=dev, dtype=dtype)[1:].view(4, T, -F)
+            z.requires_grad_()
         for name in ("sum", "mean", "max"):
             getattr(maskext, f"masked_{name}")(z, L).sum().backward()
         maskext.fill_padding(z, L, 1.0, left_pad=True).sum().backward()
