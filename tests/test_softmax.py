@@ -393,7 +393,7 @@ def _tier(Tk, dtype, backward):
         tiers += [(128, 16), (256, 16)] if vec == 4 else [(256, 8), (512, 8)]
     else:  # with_tier<MAXP>, MAXP = 8 for fp32, 4 for fp16 / bf16
         maxp = 8 if vec == 4 else 4
-        tiers = [(4, 1), (8, 1), (16, 1), (32, 1), (32, 2), (32, 4), (32, 8), (128, maxp),
+        tiers = [(4, 1), (4, 2), (4, 4), (8, 4), (16, 4), (32, 4), (32, 8), (128, maxp),
                  (256, maxp), (512, maxp)]
         tiers = [(g, p) for g, p in tiers if p <= maxp]
     for g, p in tiers:

@@ -712,12 +712,13 @@ int64_t tier_chunks(const SoftmaxArgs& a, int64_t max_chunks) {
   return chunks <= max_chunks ? chunks : 0;
 }
 
-// The backward's tier: calls f.template operator()<G, P>() for the smallest
-// tier with G * P >= chunks, 0 < chunks <= kTierMaxChunks<MAXP> (MAXP = 4 or
-// 8: the most chunks of y and of dy per thread): tier A (4-16 lanes, 1 chunk
-// each), tier B (a warp, 1-MAXP chunks per lane), tier C (128-512 threads,
-// MAXP chunks each). Measured on an H200 at 1.3-2.1x the copy's time (it moves
-// 1.5x the copy's bytes: y and dy in, dx out); not re-chosen like the forward's.
+// The backward's tier: calls f.template operator()<G, P>() for rows of
+// `chunks` 16-byte chunks, 0 < chunks <= kTierMaxChunks<MAXP> (MAXP = 4 or
+// 8: the most chunks of y and of dy per thread). The same rule as the
+// forward's below: 4 chunks of each per thread where the row has them (the
+// H200 run of 2026-11-26: 1024 fp16 keys on a warp of 4 + 4 chunks, 96
+// registers, 1.43x the copy's time, which moves 2/3 of the backward's bytes;
+// 128 keys on 16 lanes of 1 + 1 chunks, 1.87x), then MAXP per thread.
 template <int MAXP>
 constexpr int64_t kTierMaxChunks = 512 * MAXP;
 
@@ -727,13 +728,13 @@ void with_tier(int64_t chunks, F&& f) {
   if (chunks <= 4) {
     f.template operator()<4, 1>();
   } else if (chunks <= 8) {
-    f.template operator()<8, 1>();
+    f.template operator()<4, 2>();
   } else if (chunks <= 16) {
-    f.template operator()<16, 1>();
+    f.template operator()<4, 4>();
   } else if (chunks <= 32) {
-    f.template operator()<32, 1>();
+    f.template operator()<8, 4>();
   } else if (chunks <= 64) {
-    f.template operator()<32, 2>();
+    f.template operator()<16, 4>();
   } else if (chunks <= 128) {
     f.template operator()<32, 4>();
   } else if (MAXP == 8 && chunks <= 256) {
