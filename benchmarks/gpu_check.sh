@@ -157,6 +157,25 @@ step "benchmarks: masked softmax fp16"
 run_step 150 python benchmarks/bench_softmax.py --device "$DEV" --dtypes fp16 "${QUICK[@]}" --out "$LOGS" \
   > "$LOGS/bench_softmax_fp16.log" 2>&1
 result "exit $? (124: time limit; the tables hold the cases done)"
+# Nsight Compute on a few softmax launches: DRAM throughput, occupancy and
+# warp stalls, to test the rule the first GPU run suggested (RESULTS.md).
+step "ncu: softmax kernels (throughput, occupancy, stalls)"
+NCU="$(command -v ncu || true)"
+for d in "${CUDA_HOME:-}" /usr/local/cuda /opt/nvidia/nsight-compute/*; do
+  [ -z "$NCU" ] && [ -n "$d" ] && [ -x "$d/ncu" ] && NCU="$d/ncu"
+  [ -z "$NCU" ] && [ -n "$d" ] && [ -x "$d/bin/ncu" ] && NCU="$d/bin/ncu"
+done
+if [ "$DRY" = 1 ]; then
+  run_step 60 python benchmarks/ncu_cases.py --device cpu > "$LOGS/ncu.log" 2>&1
+  result "exit $? (dry run: the cases on the CPU, no ncu)"
+elif [ -n "$NCU" ]; then
+  run_step 60 "$NCU" --clock-control none --section SpeedOfLight --section Occupancy \
+    --section WarpStateStats --section LaunchStats -k regex:softmax \
+    python benchmarks/ncu_cases.py > "$LOGS/ncu.log" 2>&1
+  result "exit $?"
+else
+  result "ncu not found: skipped"
+fi
 step "benchmarks: mask building"
 run_step 45 python benchmarks/bench_masks.py --device "$DEV" --out "$LOGS" > "$LOGS/bench_masks.log" 2>&1
 result "exit $?"

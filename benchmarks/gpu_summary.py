@@ -1,6 +1,6 @@
 """One screen from the logs and tables of benchmarks/gpu_check.sh: GPU, versions,
 commit, build time, test counts, sanitizer verdicts, and per shape and dtype
-the headline ratios of the softmax sweep.
+the headline ratios of the softmax sweep, and what ncu measured of a few kernels.
 
     python benchmarks/gpu_summary.py LOG_DIR [--build-seconds S] [--total-seconds S] [--dry-run 0|1]
 """
@@ -73,6 +73,29 @@ def headline(rows):
     return lines
 
 
+def ncu_lines(text):
+    """One line per kernel profiled by ncu (benchmarks/ncu_cases.py): name,
+    grid, duration, DRAM throughput, achieved occupancy, registers."""
+    out, cur = [], None
+    want = {"Duration": "dur", "DRAM Throughput": "dram", "Achieved Occupancy": "occ",
+            "Registers Per Thread": "regs"}
+    for ln in text.splitlines():
+        grid = re.search(r"\((\d+, \d+, \d+)\)x\((\d+, \d+, \d+)\)", ln)
+        if grid:
+            name = re.search(r"(\w+)(<[^<>]*>)?\(", ln)
+            cur = {"name": "".join(g or "" for g in name.groups()) if name else "?",
+                   "grid": f"grid ({grid.group(1)}) x ({grid.group(2)})"}
+            out.append(cur)
+            continue
+        m = re.match(r"\s*(Duration|DRAM Throughput|Achieved Occupancy|Registers Per Thread)"
+                     r"\s+(\S+)\s+([\d.,]+)\s*$", ln)
+        if cur is not None and m:
+            unit = "" if m.group(1) == "Registers Per Thread" else " " + m.group(2)
+            cur[want[m.group(1)]] = m.group(3) + unit
+    return [f"  {k['name']} {k['grid']}: {k.get('dur', '?')}, DRAM {k.get('dram', '?')}, "
+            f"occupancy {k.get('occ', '?')}, {k.get('regs', '?')} regs" for k in out]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("log_dir")
@@ -111,6 +134,11 @@ def main():
             print(ln)
     else:
         print("softmax: no benchmark table")
+    ncu = ncu_lines(_read(os.path.join(d, "ncu.log")))
+    if ncu:
+        print("ncu (first kernels of benchmarks/ncu_cases.py):")
+        for ln in ncu[:12]:
+            print(ln)
     print("everything else: gpu_check.tar.gz (logs, CSV, Markdown)")
 
 

@@ -1,0 +1,59 @@
+"""A few softmax launches for Nsight Compute, to see why a kernel sits where
+it does against the copy: achieved DRAM bandwidth, occupancy, and what its
+warps wait on.
+
+    ncu --clock-control none --section SpeedOfLight --section Occupancy \\
+        --section WarpStateStats --section LaunchStats \\
+        -k regex:softmax python benchmarks/ncu_cases.py
+
+The H200 run of 2026-11-26 fitted one rule (benchmarks/RESULTS.md): a row's
+time follows the bytes each SM holds in flight, not the bytes it reads, so
+padded rows are no faster than full ones. The cases below are the ones that
+rule explains, full and padded, so that the counters can confirm or refute it
+(long-scoreboard stalls, DRAM throughput well under peak, full occupancy).
+Each case is launched twice: the first is a warm-up, ncu profiles both.
+`--device cpu` runs the same calls on the CPU (a check of this script).
+"""
+import argparse
+
+import torch
+
+import maskext
+
+# (B, H, Tq, Tk), dtype, padded, backward
+CASES = [
+    ((256, 8, 128, 128), torch.float16, False, False),
+    ((16, 16, 1024, 1024), torch.float16, False, False),
+    ((16, 16, 1024, 1024), torch.float16, True, False),
+    ((2, 16, 4096, 4096), torch.float16, False, False),
+    ((16, 16, 1024, 1024), torch.float16, True, True),
+    ((8, 16, 1, 65536), torch.float16, True, False),
+]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda")
+    dev = ap.parse_args().device
+    for shape, dtype, padded, backward in CASES:
+        if dev == "cpu":  # the same calls, small
+            shape = shape[:2] + (min(shape[2], 8), min(shape[3], 64))
+        B, Tk = shape[0], shape[-1]
+        x = torch.randn(shape, device=dev, dtype=dtype)
+        L = torch.randint(Tk // 2, Tk + 1, (B,), device=dev) if padded else None
+        for _ in range(2):
+            if backward:
+                y = maskext.masked_softmax(x, lengths=L)
+                torch.ops.maskext.masked_softmax_backward(torch.randn_like(y), y, L, None, False,
+                                                          -1, -1, 1.0)
+            else:
+                maskext.masked_softmax(x, lengths=L)
+        print(f"ncu_cases: {tuple(shape)} {str(dtype)[6:]} {'padded' if padded else 'full'} "
+              f"{'backward' if backward else 'forward'}", flush=True)
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    print("ncu_cases: ok")
+
+
+if __name__ == "__main__":
+    main()
