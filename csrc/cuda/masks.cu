@@ -54,13 +54,15 @@ __global__ void interval_mask_rows_kernel(IntervalMaskArgs a, T keep, T masked) 
 }
 
 // Any cols: each thread writes 16-byte chunks of the flat (rows, cols) output,
-// so every store but the last is a full vector; a chunk may cross rows.
+// so every store but the last is a full vector (when out is 16-byte aligned,
+// as every output allocated by the ops is); a chunk may cross rows.
 template <typename T>
 __global__ void interval_mask_kernel(IntervalMaskArgs a, T keep, T masked) {
   constexpr int VEC = Vec16<T>::N;
   T* out = static_cast<T*>(a.out);
   const int64_t total = a.rows * a.cols;
   const int64_t nchunks = (total + VEC - 1) / VEC;
+  const bool aligned = reinterpret_cast<uintptr_t>(out) % 16 == 0;
   for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < nchunks;
        c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t start = c * VEC;
@@ -78,7 +80,7 @@ __global__ void interval_mask_kernel(IntervalMaskArgs a, T keep, T masked) {
       v[e] = (col >= lo && col < hi) ? keep : masked;
       ++col;
     }
-    if (start + VEC <= total) {
+    if (aligned && start + VEC <= total) {
       uint4 u;
       memcpy(&u, v, 16);
       cuda::st_global_128(out + start, u);
