@@ -120,9 +120,47 @@ int64_t parallel_threads_used(int64_t n) {
   });
   return static_cast<int64_t>(ids.size());
 }
+// Unboxed entry points, for the Python wrappers' calls that need no autograd
+// (maskext/ops.py, _call): the same dispatcher call as torch.ops.maskext.<op>
+// below the autograd keys (every other key, Python modes and subclasses,
+// autocast, functorch, still applies), without boxing the schema's
+// arguments into IValues and back: measured on a 1-element masked_softmax,
+// 1.8 us instead of 11.5 us through torch.ops (the 17 arguments).
+template <typename Sig>
+struct Unboxed;
+
+template <typename R, typename... Args>
+struct Unboxed<R(Args...)> {
+  static auto entry(const char* name) {
+    auto op = c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<R(Args...)>();
+    return [op](Args... args) -> R {
+      at::AutoDispatchBelowAutograd below_autograd;
+      return op.call(std::forward<Args>(args)...);
+    };
+  }
+};
+
+using OptT = const std::optional<at::Tensor>&;
+using SoftmaxSig = at::Tensor(const at::Tensor&, OptT, OptT, OptT, OptT, bool, int64_t, int64_t,
+                              double, OptT, std::optional<int64_t>, OptT, int64_t, OptT, int64_t,
+                              double, OptT);
+using SoftmaxBackwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, OptT, OptT, bool,
+                                      int64_t, int64_t, double, OptT, std::optional<int64_t>,
+                                      OptT, int64_t, OptT, int64_t);
+using GateSig = at::Tensor(OptT, const at::Tensor&, OptT, double, bool);
+using PoolSig = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t);
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  // The schemas and kernels were registered when this library was loaded.
+  m.def("masked_softmax", Unboxed<SoftmaxSig>::entry("maskext::masked_softmax"));
+  m.def("masked_log_softmax", Unboxed<SoftmaxSig>::entry("maskext::masked_log_softmax"));
+  m.def("masked_softmax_backward",
+        Unboxed<SoftmaxBackwardSig>::entry("maskext::masked_softmax_backward"));
+  m.def("masked_log_softmax_backward",
+        Unboxed<SoftmaxBackwardSig>::entry("maskext::masked_log_softmax_backward"));
+  m.def("gate", Unboxed<GateSig>::entry("maskext::gate"));
+  m.def("masked_pool", Unboxed<PoolSig>::entry("maskext::masked_pool"));
   m.def("cuda_built", &cuda_built, "True when the CUDA kernels were compiled into this build");
   m.def("build_info", &build_info, "What this build of maskext was compiled with");
   m.def("parallel_threads_used", &parallel_threads_used, pybind11::arg("n"),
