@@ -494,3 +494,50 @@ def test_cuda_tier_nan_and_inf(dtype, Tk):
             atol = 1e-5 if dtype == torch.float32 else 0.06
             torch.testing.assert_close(got.float(), want.float(), equal_nan=True, atol=atol,
                                        rtol=1e-2)
+
+
+# ---------------------------------------------------------------- call paths
+
+def test_unboxed_call_path_equals_torch_ops(device):
+    # No gradient needed and plain tensors: maskext calls the op's unboxed
+    # entry point (csrc/maskext.cpp); it must give what torch.ops gives.
+    x = torch.randn(3, 2, 5, 9, device=device)
+    L = torch.tensor([0, 9, 4], device=device)
+    sinks = torch.randn(2, 1, device=device)
+    got = maskext.masked_softmax(x, lengths=L, causal=True, scale=0.5, sinks=sinks)
+    want = torch.ops.maskext.masked_softmax(x, None, None, L, None, True, -1, -1, 0.5,
+                                            sinks=sinks)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    got = maskext.masked_log_softmax(x, lengths=L, window=(2, 1))
+    want = torch.ops.maskext.masked_log_softmax(x, None, None, L, None, False, 2, 1, 1.0)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_modes_and_fake_tensors_still_see_the_op():
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    seen = []
+
+    class Functions(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(("function", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    class Dispatch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(("dispatch", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(2, 3, 4, 6)
+    L = torch.tensor([2, 6])
+    with Functions():
+        maskext.masked_softmax(x, lengths=L)
+    with Dispatch():
+        maskext.masked_softmax(x, lengths=L)
+    assert ("function", "maskext.masked_softmax") in seen, seen
+    assert ("dispatch", "maskext.masked_softmax.default") in seen, seen
+    with FakeTensorMode() as mode:
+        y = maskext.masked_softmax(mode.from_tensor(x), lengths=mode.from_tensor(L))
+        assert y.shape == x.shape and type(y).__name__ == "FakeTensor"
