@@ -123,7 +123,8 @@ def backward_providers(x, L, causal, keep):
 
     def bwd():
         with torch.no_grad():
-            return maskext.ops._call(bwd_op, (), dy, y, L, None, causal, -1, -1, 1.0)
+            return maskext.ops._call(bwd_op, (), dy, y, L, None, causal, -1, -1, 1.0, None, None,
+                                     None, 0, None, 0)
 
     ref = bwd()
     fns = {

@@ -197,12 +197,14 @@ def _mask_args(op, spec, lengths=None, q_lengths=None, causal=False, window=None
 
 # The unboxed entry point of each op that has one (csrc/maskext.cpp): the same
 # dispatcher call below autograd, without boxing the arguments.
-_UNBOXED = {_ops.masked_softmax: _C.masked_softmax,
-            _ops.masked_log_softmax: _C.masked_log_softmax,
-            _ops.masked_softmax_backward: _C.masked_softmax_backward,
-            _ops.masked_log_softmax_backward: _C.masked_log_softmax_backward,
-            _ops.gate: _C.gate,
-            _ops.masked_pool: _C.masked_pool}
+# It takes every argument of the schema, positionally: other calls go through
+# torch.ops.
+_UNBOXED = {_ops.masked_softmax: (_C.masked_softmax, 17),
+            _ops.masked_log_softmax: (_C.masked_log_softmax, 17),
+            _ops.masked_softmax_backward: (_C.masked_softmax_backward, 14),
+            _ops.masked_log_softmax_backward: (_C.masked_log_softmax_backward, 14),
+            _ops.gate: (_C.gate, 5),
+            _ops.masked_pool: (_C.masked_pool, 4)}
 _has_torch_function = torch._C._has_torch_function
 
 
@@ -223,8 +225,8 @@ def _call(op, differentiable, *args):
             if t is not None and t.requires_grad:
                 return op(*args)
     fast = _UNBOXED.get(op)
-    if fast is not None and not _has_torch_function(args):
-        return fast(*args)
+    if fast is not None and len(args) == fast[1] and not _has_torch_function(args):
+        return fast[0](*args)
     with _BelowAutograd():
         return op(*args)
 
