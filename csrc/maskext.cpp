@@ -120,12 +120,13 @@ int64_t parallel_threads_used(int64_t n) {
   });
   return static_cast<int64_t>(ids.size());
 }
+
 // Unboxed entry points, for the Python wrappers' calls that need no autograd
 // (maskext/ops.py, _call): the same dispatcher call as torch.ops.maskext.<op>
 // below the autograd keys (every other key, Python modes and subclasses,
 // autocast, functorch, still applies), without boxing the schema's
-// arguments into IValues and back: measured on a 1-element masked_softmax,
-// 1.8 us instead of 11.5 us through torch.ops (the 17 arguments).
+// arguments into IValues and back. On a 1-element masked_softmax this call
+// takes 1.8 us, torch.ops 7-9 us (its 17 arguments).
 template <typename Sig>
 struct Unboxed;
 
