@@ -35,6 +35,17 @@ __device__ __forceinline__ uint4 load16(const T* p) {
   return *reinterpret_cast<const uint4*>(p);
 }
 
+// The VEC elements of x at e (16-byte aligned), or ones where there is no x.
+template <typename T, int VEC>
+__device__ __forceinline__ void load_x16(const T* x, int64_t e, at::opmath_type<T> (&xv)[VEC]) {
+  if (x != nullptr) {
+    cuda::unpack16<T>(load16(x + e), xv);
+  } else {
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) xv[j] = at::opmath_type<T>(1);
+  }
+}
+
 // The gate of one element: m = sigmoid(z * inv_t) (0/1 when hard), times x.
 template <typename acc_t>
 __device__ __forceinline__ acc_t gate_value(acc_t z, acc_t x, acc_t inv_t, bool hard) {
@@ -81,12 +92,7 @@ __global__ void gate_kernel(PaddedArgs a, const T* x, T* out, at::opmath_type<T>
       }
       acc_t zv[VEC], xv[VEC];
       cuda::unpack16<T>(load16(z + e), zv);
-      if (x != nullptr) {
-        cuda::unpack16<T>(load16(x + e), xv);
-      } else {
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) xv[j] = acc_t(1);
-      }
+      load_x16(x, e, xv);
 #pragma unroll
       for (int j = 0; j < VEC; ++j) zv[j] = gate_value<acc_t>(zv[j], xv[j], inv_t, hard);
       cuda::store16<T>(out + e, zv);
@@ -122,12 +128,7 @@ __global__ void gate_backward_kernel(PaddedArgs a, const T* x, const T* grad, T*
       acc_t zv[VEC], xv[VEC], gv[VEC];
       cuda::unpack16<T>(load16(z + e), zv);
       cuda::unpack16<T>(load16(grad + e), gv);
-      if (x != nullptr) {
-        cuda::unpack16<T>(load16(x + e), xv);
-      } else {
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) xv[j] = acc_t(1);
-      }
+      load_x16(x, e, xv);
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
         gate_grads<acc_t>(zv[j], xv[j], gv[j], inv_t, hard, xv[j], zv[j]);

@@ -712,6 +712,29 @@ int64_t tier_chunks(const SoftmaxArgs& a, int64_t max_chunks) {
   return chunks <= max_chunks ? chunks : 0;
 }
 
+// Rows of up to 128 chunks, forward and backward (the rule explained at
+// with_forward_tier): 4 lanes of 1, 2 or 4 chunks up to 16 chunks, then twice
+// the lanes per doubling up to a warp of 4 chunks each. False: a longer row.
+template <typename F>
+bool with_short_tier(int64_t chunks, F&& f) {
+  if (chunks <= 4) {
+    f.template operator()<4, 1>();
+  } else if (chunks <= 8) {
+    f.template operator()<4, 2>();
+  } else if (chunks <= 16) {
+    f.template operator()<4, 4>();
+  } else if (chunks <= 32) {
+    f.template operator()<8, 4>();
+  } else if (chunks <= 64) {
+    f.template operator()<16, 4>();
+  } else if (chunks <= 128) {
+    f.template operator()<32, 4>();
+  } else {
+    return false;
+  }
+  return true;
+}
+
 // The backward's tier: calls f.template operator()<G, P>() for rows of
 // `chunks` 16-byte chunks, 0 < chunks <= kTierMaxChunks<MAXP> (MAXP = 4 or
 // 8: the most chunks of y and of dy per thread). The same rule as the
@@ -725,19 +748,10 @@ constexpr int64_t kTierMaxChunks = 512 * MAXP;
 template <int MAXP, typename F>
 void with_tier(int64_t chunks, F&& f) {
   static_assert(MAXP == 4 || MAXP == 8, "with_tier: 4 or 8 chunks per thread");
-  if (chunks <= 4) {
-    f.template operator()<4, 1>();
-  } else if (chunks <= 8) {
-    f.template operator()<4, 2>();
-  } else if (chunks <= 16) {
-    f.template operator()<4, 4>();
-  } else if (chunks <= 32) {
-    f.template operator()<8, 4>();
-  } else if (chunks <= 64) {
-    f.template operator()<16, 4>();
-  } else if (chunks <= 128) {
-    f.template operator()<32, 4>();
-  } else if (MAXP == 8 && chunks <= 256) {
+  if (with_short_tier(chunks, f)) {
+    return;
+  }
+  if (MAXP == 8 && chunks <= 256) {
     f.template operator()<32, MAXP>();
   } else if (chunks <= 128 * MAXP) {
     f.template operator()<128, MAXP>();
@@ -771,19 +785,10 @@ constexpr int64_t kForwardTierMaxChunks = 4096;
 template <int MAXP, typename F>
 void with_forward_tier(int64_t chunks, F&& f) {
   static_assert(MAXP == 8 || MAXP == 16, "with_forward_tier: 8 or 16 chunks per thread");
-  if (chunks <= 4) {
-    f.template operator()<4, 1>();
-  } else if (chunks <= 8) {
-    f.template operator()<4, 2>();
-  } else if (chunks <= 16) {
-    f.template operator()<4, 4>();
-  } else if (chunks <= 32) {
-    f.template operator()<8, 4>();
-  } else if (chunks <= 64) {
-    f.template operator()<16, 4>();
-  } else if (chunks <= 128) {
-    f.template operator()<32, 4>();
-  } else if (chunks <= 256) {
+  if (with_short_tier(chunks, f)) {
+    return;
+  }
+  if (chunks <= 256) {
     f.template operator()<32, 8>();
   } else if (chunks <= 512) {
     f.template operator()<128, 4>();
