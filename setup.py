@@ -124,15 +124,32 @@ def openmp_flags():
 def shared_cxx_runtime_flags():
     """Link flags that make the extension use the process's one libstdc++.so
     (the one torch uses). Some toolchains link libstdc++ statically by default
-    (a g++ wrapper or specs file adding -static-libstdc++, seen on a CUDA
-    image): the extension then carries a second copy of the C++ runtime whose
-    locale facets do not match the streams torch hands it, and formatting a
-    number into an error message segfaults or cuts the message short. An
-    explicit -lstdc++ ahead of the driver's implicit one resolves every symbol
-    from the shared library; with a normal g++ it changes nothing."""
+    (seen on a CUDA image whose /opt/gcc g++ adds -static-libstdc++ and ships
+    only libstdc++.a): the extension then carries a second copy of the C++
+    runtime whose locale facets do not match the streams torch hands it, and
+    formatting a number into an error message segfaults or cuts the message
+    short. `-lstdc++` is not enough there (the linker takes the .a when it
+    finds no .so first), so name the very file torch has loaded in this
+    process, ahead of the driver's implicit -lstdc++: every symbol then comes
+    from the shared library. With a normal g++ it changes nothing."""
     if not sys.platform.startswith("linux"):
         return []
-    return ["-Wl,--push-state,--no-as-needed,-Bdynamic", "-lstdc++", "-Wl,--pop-state"]
+    lib = loaded_libstdcxx()
+    return ["-Wl,--push-state,--no-as-needed", lib or "-l:libstdc++.so.6", "-Wl,--pop-state"]
+
+
+def loaded_libstdcxx():
+    """Path of the libstdc++.so this process (which imported torch) uses, or None."""
+    import torch  # noqa: F401  (loads torch's libstdc++)
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1]
+                if "/libstdc++.so" in path and os.path.isfile(path):
+                    return os.path.realpath(path)
+    except OSError:
+        pass
+    return None
 
 
 def cuda_archs_define():

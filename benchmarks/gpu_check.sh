@@ -3,6 +3,8 @@
 # build, tests, compute-sanitizer, benchmark sweeps.
 #
 #   bash benchmarks/gpu_check.sh OUT_DIR [BUDGET_SECONDS] [--dry-run]
+#        [--steps=build,robustness,tests,sanitizers,fp16,ncu,masks,ops,hf,fp32,bf16]
+#        [--tests=PYTEST_ARGS]
 #
 # OUT_DIR ends up holding exactly two files: summary.txt (one screen: GPU,
 # versions, commit, build time, test counts, sanitizer verdicts, headline
@@ -14,6 +16,10 @@
 # short keeps what it measured. Exit status non-zero if the build, the tests
 # or a sanitizer failed.
 #
+# --steps: only these steps (default all; the build always runs), to spend a
+# second, shorter GPU call on what the first one did not reach. --tests: what
+# the tests step runs (default "tests"), e.g. --tests='tests -k errors'.
+#
 # --dry-run (no GPU needed; run it whenever this script or a benchmark
 # changed): every step on the CPU with the installed build (built CPU-only
 # first if maskext does not import), a short test subset, the sanitizer cases
@@ -21,10 +27,19 @@
 # the archive, so that a typo cannot waste a GPU run.
 set -uo pipefail
 DRY=0
+STEPS=""
+TEST_ARGS=""
 ARGS=()
 for a in "$@"; do
-  if [ "$a" = "--dry-run" ]; then DRY=1; else ARGS+=("$a"); fi
+  case "$a" in
+    --dry-run) DRY=1 ;;
+    --steps=*) STEPS=",${a#--steps=}," ;;
+    --tests=*) TEST_ARGS="${a#--tests=}" ;;
+    *) ARGS+=("$a") ;;
+  esac
 done
+# True when step $1 was asked for (all are, without --steps).
+want() { [ -z "$STEPS" ] || [[ "$STEPS" == *",$1,"* ]]; }
 OUT="${ARGS[0]:?usage: bash benchmarks/gpu_check.sh OUT_DIR [BUDGET_SECONDS] [--dry-run]}"
 BUDGET="${ARGS[1]:-450}"
 mkdir -p "$OUT"
@@ -107,8 +122,9 @@ BUILD_S=$((SECONDS - t0))
 # First, on their own so that the summary names them: the CUDA kernels past
 # element 2^31 (64-bit indexing), CUDA graph capture of forward and backward,
 # the NaN rule and the device checks on CUDA (tests/test_robustness.py).
-step "robustness on CUDA: >2^31 elements, CUDA graphs, NaN, devices"
-if run_step 120 python -m pytest -q tests/test_robustness.py -k "$DEV" > "$LOGS/tests_robustness.log" 2>&1; then
+want robustness && step "robustness on CUDA: >2^31 elements, CUDA graphs, NaN, devices"
+if ! want robustness; then :
+elif run_step 120 python -m pytest -q tests/test_robustness.py -k "$DEV" > "$LOGS/tests_robustness.log" 2>&1; then
   result "$(tail -1 "$LOGS/tests_robustness.log")"
 else
   result "FAILED: $(tail -1 "$LOGS/tests_robustness.log")"; status=1
@@ -118,12 +134,14 @@ fi
 # half), on 8 pytest-xdist workers where the plugin is installed: a test that
 # crashes its worker is then one failure, not the end of the step; a module
 # that fails to import is reported and the others still run.
-step "tests (CPU and CUDA)"
+want tests && step "tests (CPU and CUDA)"
 if [ "$DRY" = 1 ]; then TESTS=(tests/test_build.py tests/test_masks.py); else TESTS=(tests); fi
+[ -n "$TEST_ARGS" ] && eval "TESTS=($TEST_ARGS)"
 PYTEST=(python -m pytest -q -p no:cacheprovider -rfE --continue-on-collection-errors
         --ignore=tests/test_robustness.py)
 if [ "$DRY" = 0 ] && python -c 'import xdist' > /dev/null 2>&1; then PYTEST+=(-n 8); fi
-if MASKEXT_EXPECT_CUDA=$((1 - DRY)) run_step 240 "${PYTEST[@]}" "${TESTS[@]}" > "$LOGS/tests.log" 2>&1; then
+if ! want tests; then :
+elif MASKEXT_EXPECT_CUDA=$((1 - DRY)) run_step 240 "${PYTEST[@]}" "${TESTS[@]}" > "$LOGS/tests.log" 2>&1; then
   result "$(tail -1 "$LOGS/tests.log")"
 else
   result "FAILED: $(tail -1 "$LOGS/tests.log")"; status=1
@@ -134,6 +152,7 @@ for d in "${CUDA_HOME:-}" /usr/local/cuda; do
   [ -z "$SAN" ] && [ -n "$d" ] && [ -x "$d/bin/compute-sanitizer" ] && SAN="$d/bin/compute-sanitizer"
 done
 for tool in memcheck racecheck synccheck; do
+  want sanitizers || break
   step "compute-sanitizer $tool"
   if [ "$DRY" = 1 ]; then
     CMD=(python benchmarks/sanitize_cases.py --device cpu)
@@ -153,19 +172,22 @@ done
 # Sweeps, most telling first. A dry run does one small case of each.
 QUICK=()
 [ "$DRY" = 1 ] && QUICK=(--shapes 2x2x64x64 --min-run-time 0.05)
-step "benchmarks: masked softmax fp16"
-run_step 150 python benchmarks/bench_softmax.py --device "$DEV" --dtypes fp16 "${QUICK[@]}" --out "$LOGS" \
-  > "$LOGS/bench_softmax_fp16.log" 2>&1
-result "exit $? (124: time limit; the tables hold the cases done)"
+if want fp16; then
+  step "benchmarks: masked softmax fp16"
+  run_step 150 python benchmarks/bench_softmax.py --device "$DEV" --dtypes fp16 "${QUICK[@]}" --out "$LOGS" \
+    > "$LOGS/bench_softmax_fp16.log" 2>&1
+  result "exit $? (124: time limit; the tables hold the cases done)"
+fi
 # Nsight Compute on a few softmax launches: DRAM throughput, occupancy and
 # warp stalls, to test the rule the first GPU run suggested (RESULTS.md).
-step "ncu: softmax kernels (throughput, occupancy, stalls)"
+want ncu && step "ncu: softmax kernels (throughput, occupancy, stalls)"
 NCU="$(command -v ncu || true)"
 for d in "${CUDA_HOME:-}" /usr/local/cuda /opt/nvidia/nsight-compute/*; do
   [ -z "$NCU" ] && [ -n "$d" ] && [ -x "$d/ncu" ] && NCU="$d/ncu"
   [ -z "$NCU" ] && [ -n "$d" ] && [ -x "$d/bin/ncu" ] && NCU="$d/bin/ncu"
 done
-if [ "$DRY" = 1 ]; then
+if ! want ncu; then :
+elif [ "$DRY" = 1 ]; then
   run_step 60 python benchmarks/ncu_cases.py --device cpu > "$LOGS/ncu.log" 2>&1
   result "exit $? (dry run: the cases on the CPU, no ncu)"
 elif [ -n "$NCU" ]; then
@@ -176,16 +198,21 @@ elif [ -n "$NCU" ]; then
 else
   result "ncu not found: skipped"
 fi
-step "benchmarks: mask building"
-run_step 45 python benchmarks/bench_masks.py --device "$DEV" --out "$LOGS" > "$LOGS/bench_masks.log" 2>&1
-result "exit $?"
-step "benchmarks: other masked ops"
-run_step 40 python benchmarks/bench_masked_ops.py --device "$DEV" --out "$LOGS" > "$LOGS/bench_masked_ops.log" 2>&1
-result "exit $?"
+if want masks; then
+  step "benchmarks: mask building"
+  run_step 45 python benchmarks/bench_masks.py --device "$DEV" --out "$LOGS" > "$LOGS/bench_masks.log" 2>&1
+  result "exit $?"
+fi
+if want ops; then
+  step "benchmarks: other masked ops"
+  run_step 40 python benchmarks/bench_masked_ops.py --device "$DEV" --out "$LOGS" > "$LOGS/bench_masked_ops.log" 2>&1
+  result "exit $?"
+fi
 # The Hugging Face backend before the fp32 and bf16 sweeps: it has not yet run
 # on a GPU (the machine's transformers was 5.17 on 2026-11-26).
-step "benchmarks: Hugging Face backend"
-if python -c "import transformers" > /dev/null 2>&1; then
+want hf && step "benchmarks: Hugging Face backend"
+if ! want hf; then :
+elif python -c "import transformers" > /dev/null 2>&1; then
   HFQ=(--batch 4 --seq 1024 --repeat 1 --min-run-time 1)
   [ "$DRY" = 1 ] && HFQ=(--batch 1 --seq 64 --layers 1 --repeat 1 --min-run-time 0.05)
   run_step 60 python benchmarks/bench_hf.py --device "$DEV" "${HFQ[@]}" --out "$LOGS" \
@@ -195,6 +222,7 @@ else
   result "skipped: transformers is not installed"
 fi
 for dt in fp32 bf16; do
+  want "$dt" || continue
   step "benchmarks: masked softmax $dt"
   run_step 120 python benchmarks/bench_softmax.py --device "$DEV" --dtypes "$dt" "${QUICK[@]}" --out "$LOGS" \
     > "$LOGS/bench_softmax_$dt.log" 2>&1
