@@ -85,7 +85,11 @@ def visible(q_len: int, k_len: int, lengths: Optional[Tensor] = None,
         keep = keep & (j < lengths.to(torch.int64)[:, None, None, None])
     if q_lengths is not None:
         keep = keep & (i < q_lengths.to(torch.int64)[:, None, None, None])
-    return keep
+    # B from any per-batch tensor, also one that did not enter keep (a (0,)
+    # q_offset without causal or window).
+    B = next((t.shape[0] for t in (lengths, q_lengths, q_offset, segment_ids, prefix_lengths)
+              if isinstance(t, Tensor)), 1)
+    return keep.expand(B, 1, q_len, k_len)
 
 
 def attention_mask(lengths: Optional[Tensor] = None, *, q_len: int, k_len: int,
