@@ -206,11 +206,22 @@ _UNBOXED = {_ops.masked_softmax: (_C.masked_softmax, 17),
             _ops.gate: (_C.gate, 5),
             _ops.masked_pool: (_C.masked_pool, 4)}
 _has_torch_function = torch._C._has_torch_function
+# The eager autograd path of each op in _UNBOXED (filled by _register_autograd
+# below): a torch.autograd.Function in front of the unboxed entry point, with
+# the same setup_context and backward that register_autograd gets. The wrapper
+# that register_autograd puts in front of the op cost ~200 us of host time per
+# call of a 17-argument softmax (torch._library's fill_defaults is quadratic in
+# the schema's arguments): a Hugging Face training step on an H200 was 15 %
+# slower than eager for it (benchmarks/RESULTS.md, 2026-11-26). torch.compile,
+# functorch transforms and __torch_function__ arguments keep that wrapper.
+_EAGER_AUTOGRAD = {}
+_functorch_level = torch._C._functorch.maybe_current_level
 
 
 def _call(op, differentiable, *args):
-    """``op(*args)``. When no gradient can flow (grad mode off, or none of the
-    ``differentiable`` tensors requires grad) the op is dispatched below the
+    """``op(*args)``. When a gradient can flow, through _EAGER_AUTOGRAD where
+    the op has an unboxed entry point. When none can (grad mode off, or none of
+    the ``differentiable`` tensors requires grad) the op is dispatched below the
     autograd layer: the same kernel, without the Python autograd wrapper that
     ``register_autograd`` puts in front of every call (about 5 us); and, when
     no argument has a ``__torch_function__`` (subclass or mode), through its
@@ -220,11 +231,14 @@ def _call(op, differentiable, *args):
     ``torch.compile`` the op is traced as is."""
     if _is_compiling():
         return op(*args)
+    fast = _UNBOXED.get(op)
     if _grad_enabled():
         for t in differentiable:  # a loop: any() over a generator costs ~0.5 us here
             if t is not None and t.requires_grad:
+                if (fast is not None and len(args) == fast[1] and not _has_torch_function(args)
+                        and _functorch_level() is None):
+                    return _EAGER_AUTOGRAD[op](*args)
                 return op(*args)
-    fast = _UNBOXED.get(op)
     if fast is not None and len(args) == fast[1] and not _has_torch_function(args):
         return fast[0](*args)
     with _BelowAutograd():
@@ -399,6 +413,20 @@ def masked_log_softmax(x: Tensor, mask: Optional[Tensor] = None, *, lengths: Opt
 _MASK_TAIL_DEFAULTS = (None, None, None, 0, None, 0)
 
 
+def _register_autograd(name, backward, setup_context):
+    """register_autograd for maskext::name, and its eager path (_EAGER_AUTOGRAD)
+    when the op has an unboxed entry point."""
+    torch.library.register_autograd(f"maskext::{name}", backward, setup_context=setup_context)
+    op = getattr(_ops, name)
+    if op in _UNBOXED:
+        fn = _UNBOXED[op][0]
+        function = type(f"_{name}_autograd", (torch.autograd.Function,),
+                        {"forward": staticmethod(lambda *inputs: fn(*inputs)),
+                         "setup_context": staticmethod(setup_context),
+                         "backward": staticmethod(backward)})
+        _EAGER_AUTOGRAD[op] = function.apply
+
+
 class _Rows:
     """The row description of a softmax op's call, split into the tensors (saved
     for backward) and the plain values: ``args(scale)`` gives the backward ops'
@@ -489,12 +517,10 @@ def _softmax_backward_for(backward_op):
     return backward
 
 
-torch.library.register_autograd("maskext::masked_softmax",
-                                _softmax_backward_for(_ops.masked_softmax_backward),
-                                setup_context=_softmax_setup_context)
-torch.library.register_autograd("maskext::masked_log_softmax",
-                                _softmax_backward_for(_ops.masked_log_softmax_backward),
-                                setup_context=_softmax_setup_context)
+_register_autograd("masked_softmax", _softmax_backward_for(_ops.masked_softmax_backward),
+                   setup_context=_softmax_setup_context)
+_register_autograd("masked_log_softmax", _softmax_backward_for(_ops.masked_log_softmax_backward),
+                   setup_context=_softmax_setup_context)
 
 
 # Double backward: autograd of the backward ops, so that Hessian-vector
@@ -579,11 +605,10 @@ def _log_softmax_double_backward(ctx, v):
     return (dg, dy) + (None,) * (ctx.n_inputs - 2)
 
 
-torch.library.register_autograd("maskext::masked_softmax_backward", _softmax_double_backward,
-                                setup_context=_softmax_bwd_setup_context)
-torch.library.register_autograd("maskext::masked_log_softmax_backward",
-                                _log_softmax_double_backward,
-                                setup_context=_softmax_bwd_setup_context)
+_register_autograd("masked_softmax_backward", _softmax_double_backward,
+                   setup_context=_softmax_bwd_setup_context)
+_register_autograd("masked_log_softmax_backward", _log_softmax_double_backward,
+                   setup_context=_softmax_bwd_setup_context)
 
 
 # ---------------------------------------------------------------- padded data
@@ -624,8 +649,8 @@ def _fill_padding_backward(ctx, grad):
     return _ops.fill_padding(grad, lengths, 0, dim, left_pad), None, None, None, None
 
 
-torch.library.register_autograd("maskext::fill_padding", _fill_padding_backward,
-                                setup_context=_fill_padding_setup_context)
+_register_autograd("fill_padding", _fill_padding_backward,
+                   setup_context=_fill_padding_setup_context)
 
 
 def _fill_padding_inplace_autograd(x, lengths, value, dim, left_pad):
@@ -700,8 +725,7 @@ def _pool_backward(ctx, grad):
     return _ops.fill_padding(dx, lengths, 0, d, False), None, None, None
 
 
-torch.library.register_autograd("maskext::masked_pool", _pool_backward,
-                                setup_context=_pool_setup_context)
+_register_autograd("masked_pool", _pool_backward, setup_context=_pool_setup_context)
 
 
 # ---------------------------------------------------------------- soft masks
@@ -749,7 +773,7 @@ def _gate_backward(ctx, grad):
     return (dx if x is not None else None), dlogits, None, None, None
 
 
-torch.library.register_autograd("maskext::gate", _gate_backward, setup_context=_gate_setup_context)
+_register_autograd("gate", _gate_backward, setup_context=_gate_setup_context)
 
 
 def _gate_bwd_setup_context(ctx, inputs, output):
@@ -789,8 +813,7 @@ def _gate_double_backward(ctx, u, t):
     return dgrad, dx, dlogits, None, None, None
 
 
-torch.library.register_autograd("maskext::gate_backward", _gate_double_backward,
-                                setup_context=_gate_bwd_setup_context)
+_register_autograd("gate_backward", _gate_double_backward, setup_context=_gate_bwd_setup_context)
 
 
 # ---------------------------------------------------------------- fake implementations

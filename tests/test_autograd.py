@@ -174,3 +174,42 @@ DIFFERENTIABLE_OPS = ["masked_softmax", "masked_softmax_backward", "masked_log_s
 @pytest.mark.parametrize("op", DIFFERENTIABLE_OPS)
 def test_autograd_registered(op):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"maskext::{op}", "Autograd")
+
+
+def _grads(out, leaves, seed=0):
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
+    return torch.autograd.grad(out, leaves, g.to(out.device), allow_unused=True)
+
+
+@pytest.mark.parametrize("name", ["masked_softmax", "masked_log_softmax"])
+def test_eager_autograd_path_matches_registered(device, name):
+    # maskext.<op> with a gradient goes through a torch.autograd.Function around
+    # the unboxed entry point (ops._EAGER_AUTOGRAD); torch.ops.maskext.<op>
+    # through register_autograd's wrapper: the same outputs and gradients.
+    x = rand(2, 3, 4, 6, device=device)
+    bias, sinks = rand(1, 3, 4, 6, device=device), rand(3, 1, device=device)
+    L = torch.tensor([6, 2], device=device)
+    y = getattr(maskext, name)(x, lengths=L, causal=True, bias=bias, sinks=sinks, softcap=2.0,
+                               scale=0.5)
+    assert type(y.grad_fn).__name__ == f"_{name}_autogradBackward"
+    args = (x, None, bias, L, None, True, -1, -1, 0.5, None, None, None, 0, None, 0, 2.0, sinks)
+    want = getattr(torch.ops.maskext, name)(*args)
+    assert "_autograd" not in type(want.grad_fn).__name__
+    torch.testing.assert_close(y, want, rtol=0, atol=0)
+    for g, w in zip(_grads(y, (x, bias, sinks)), _grads(want, (x, bias, sinks))):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+def test_eager_autograd_path_gate_and_pool(device):
+    x, logits = rand(2, 5, 3, device=device), rand(2, 5, 3, device=device)
+    L = torch.tensor([5, 2], device=device)
+    y = maskext.sigmoid_gate(x, logits, L, temperature=0.5)
+    assert type(y.grad_fn).__name__ == "_gate_autogradBackward"
+    want = torch.ops.maskext.gate(x, logits, L, 2.0, False)
+    for g, w in zip(_grads(y, (x, logits)), _grads(want, (x, logits))):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+    p = maskext.masked_max(x, L)
+    assert type(p.grad_fn.next_functions[0][0]).__name__ == "_masked_pool_autogradBackward"
+    torch.testing.assert_close(_grads(p, (x,))[0],
+                               _grads(torch.ops.maskext.masked_pool(x, L, 1, 2), (x,))[0])
+
