@@ -131,15 +131,16 @@ else
 fi
 
 # The rest of the suite (test_robustness.py ran above on CUDA; CI runs its CPU
-# half), on 8 pytest-xdist workers where the plugin is installed: a test that
-# crashes its worker is then one failure, not the end of the step; a module
-# that fails to import is reported and the others still run.
+# half), on 12 pytest-xdist workers where the plugin is installed (16 cores;
+# 8 workers took 225 s on the H200 machine): a test that crashes its worker is
+# then one failure, not the end of the step; a module that fails to import is
+# reported and the others still run.
 want tests && step "tests (CPU and CUDA)"
 if [ "$DRY" = 1 ]; then TESTS=(tests/test_build.py tests/test_masks.py); else TESTS=(tests); fi
 [ -n "$TEST_ARGS" ] && eval "TESTS=($TEST_ARGS)"
 PYTEST=(python -m pytest -q -p no:cacheprovider -rfE --continue-on-collection-errors
         --ignore=tests/test_robustness.py)
-if [ "$DRY" = 0 ] && python -c 'import xdist' > /dev/null 2>&1; then PYTEST+=(-n 8); fi
+if [ "$DRY" = 0 ] && python -c 'import xdist' > /dev/null 2>&1; then PYTEST+=(-n 12); fi
 if ! want tests; then :
 elif MASKEXT_EXPECT_CUDA=$((1 - DRY)) run_step 240 "${PYTEST[@]}" "${TESTS[@]}" > "$LOGS/tests.log" 2>&1; then
   result "$(tail -1 "$LOGS/tests.log")"

@@ -64,16 +64,20 @@ def main():
                     # detach(), not clone(): a clone of the view would be contiguous
                     xr = xx.detach().requires_grad_()
                     fn(xr, lengths=L, causal=True, q_lengths=QL, scale=0.5).backward(dy)
-    # Long rows (Tk > 65536) in few rows (fewer than the GPU has SMs), misaligned,
-    # on the fast path and the mask/bias path.
+    # Long rows (Tk > 65536) in few rows (fewer than the GPU has SMs), misaligned:
+    # the split kernels (no mask tensor: lengths; softcap and sinks) and the
+    # general kernel (mask and bias).
     for dtype in (torch.float16, torch.float32):
         Tk = 70001
         x = torch.randn(2, 1, 2, Tk + 1, device=dev, dtype=dtype)[..., 1:]
         L = torch.tensor([Tk, Tk // 3], device=dev)
         mask = torch.rand(1, 1, 1, Tk, device=dev) > 0.1
-        for kw in (dict(lengths=L), dict(lengths=L, mask=mask, bias=x[:1, :, :1].contiguous())):
-            xr = x.detach().requires_grad_()
-            maskext.masked_softmax(xr, **kw).sum().backward()
+        sinks = torch.randn(1, device=dev)
+        for kw in (dict(lengths=L), dict(lengths=L, softcap=3.0, sinks=sinks),
+                   dict(lengths=L, mask=mask, bias=x[:1, :, :1].contiguous())):
+            for fn in (maskext.masked_softmax, maskext.masked_log_softmax):
+                xr = x.detach().requires_grad_()
+                fn(xr, **kw).sum().backward()
     L = torch.tensor([2**40, 0, 5, 17], device=dev)
     # k_len 17: the flat mask kernel (chunks cross rows); 64: a warp per row.
     for dtype in (torch.bool, torch.float16, torch.float32, torch.float64):

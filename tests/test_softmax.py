@@ -448,6 +448,35 @@ def test_cuda_tier_forward(dtype):
 
 @_CUDA
 @pytest.mark.parametrize("dtype", _LOW)
+def test_cuda_split_rows(dtype):
+    """Rows longer than the tiers and fewer than two per SM (a decode step):
+    the split kernels (launch_split_forward), each row over several blocks.
+    The same inputs as the tiers' (misaligned rows, lengths 0, every kind,
+    softcap, sinks), the NaN rule, and a fully masked batch element."""
+    longest = 16384 if dtype == torch.float32 else 32768  # the tiers' longest row
+    for Tk in (longest + 1, 2 * longest + 37):
+        assert _tier(Tk, dtype, backward=False) is None
+        xs, kws = _tier_inputs(Tk, dtype)
+        for x, kw in itertools.product(xs, kws):
+            check(x, **kw)
+            got, want = maskext.masked_log_softmax(x, **kw), R.masked_log_softmax(x, **kw)
+            visible = R.masked_softmax(x.double(), **kw) > 0
+            assert (got[~visible] == torch.finfo(dtype).min).all(), (Tk, kw)
+            atol = 1e-5 if dtype == torch.float32 else 0.06
+            torch.testing.assert_close(got[visible], want[visible], atol=atol, rtol=1e-2)
+        x = xs[0].clone()
+        x[0, 0, 0, Tk // 2] = float("nan")  # one NaN in one segment: its row all NaN
+        x[1, 1, 2, 5] = float("inf")
+        L = torch.tensor([Tk, Tk, 0], device="cuda")
+        y = maskext.masked_softmax(x, lengths=L)
+        assert y[0, 0, 0].isnan().all() and y[1, 1, 2].isnan().all()
+        assert not y[0, 0, 1:].isnan().any() and (y[2] == 0).all()
+        torch.testing.assert_close(y[0, 1:], R.masked_softmax(x[0, 1:]).to(dtype), atol=1e-3,
+                                   rtol=0)
+
+
+@_CUDA
+@pytest.mark.parametrize("dtype", _LOW)
 def test_cuda_tier_backward(dtype):
     for Tk in tier_edges(dtype, backward=True):
         xs, kws = _tier_inputs(Tk, dtype)

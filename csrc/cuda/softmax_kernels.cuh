@@ -18,6 +18,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
@@ -362,6 +363,17 @@ template <int G, int P>
 constexpr int kTierMinBlocks = (P >= 16 ? 3 : 4) * 128 / kTierBlock<G> > 0
                                    ? (P >= 16 ? 3 : 4) * 128 / kTierBlock<G>
                                    : 1;
+// The forward holds no dy: its 1-, 2- and 4-chunk tiers fit 40, 48 and 72
+// registers without spilling (48, 40 and 28 warps per SM), where the compiler
+// left unasked took up to 42 and 74 (fewer warps, fewer bytes in flight).
+template <int P>
+constexpr int kTierForwardMinWarps = P == 1 ? 48 : P == 2 ? 40 : 28;
+template <int G, int P>
+constexpr int kTierForwardMinBlocks =
+    P > 4 ? kTierMinBlocks<G, P>
+          : (kTierForwardMinWarps<P> * 32 / kTierBlock<G> > 0
+                 ? kTierForwardMinWarps<P> * 32 / kTierBlock<G>
+                 : 1);
 
 // Row r of the (B, H, Tq) rows as (b, h, i) by 32-bit multiply-high divisions
 // (the tiers need rows < 2^31).
@@ -420,18 +432,27 @@ __device__ __forceinline__ float sum_op(float a, float b) { return a + b; }
 // kernels, a row whose every score is -inf (s == 0) keeps its masked outputs.
 struct RowNorm {
   float c;        // softmax: y = exp(z - m) * c
-  float lse;      // log-softmax: y = z - lse
+  float lse_m;    // log-softmax: y = (z - m) - lse_m (the log-sum-exp less m)
   bool poisoned;  // a NaN or +inf score or sink (s is NaN): visible outputs are NaN
 };
 
 __device__ __forceinline__ RowNorm row_norm(float m, float s, const float* sink) {
   // s >= 1 when some score is finite (the max adds exp(0)); s == 0 when every
   // visible score is -inf: all outputs are then the masked value.
-  if (sink == nullptr || s == 0.f) return {s > 0.f ? 1.f / s : 0.f, m + logf(s), s != s};
+  if (sink == nullptr || s == 0.f) return {s > 0.f ? 1.f / s : 0.f, logf(s), s != s};
   const float k = *sink;
   const float mk = k > m ? k : m;  // a NaN sink gives s' NaN below
   const float sk = s * fast_exp(m - mk) + fast_exp(k - mk);
-  return {fast_exp(m - mk) / sk, mk + logf(sk), sk != sk};
+  return {fast_exp(m - mk) / sk, (mk - m) + logf(sk), sk != sk};
+}
+
+// 2^x in one MUFU.EX2: exp2f and __expf add a range fix-up (a compare and two
+// predicated multiplies) to keep results below 2^-126, which a probability of
+// that size does not need: flushed to 0 here. 2^-inf = 0, 2^NaN = NaN.
+__device__ __forceinline__ float exp2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
 }
 
 // P chunks of 16 bytes per lane as raw bits; `full[k]`: chunk k lies inside
@@ -505,8 +526,42 @@ __device__ __forceinline__ void store_row(T* __restrict__ o, int Tk, int lane, i
   }
 }
 
+// One element of a row's scalar head or tail, converted by the caller: the
+// store keeps this [edge] line in the line table (converted on the store's
+// line, the store was charged to cuda_fp16.hpp's conversion).
+template <typename T>
+__device__ __forceinline__ void store_edge(T* p, T v) {
+  *p = v;  // [edge]
+}
+
+// As store_row, but the chunks with out[k] set (wholly outside [lo, hi), their
+// v never computed) are written as `masked`.
+template <typename T, int G, int P>
+__device__ __forceinline__ void store_row(T* __restrict__ o, int Tk, int lane, int a0,
+                                          const float (&v)[P][Vec16<T>::N], const bool (&out)[P],
+                                          float masked) {
+  constexpr int VEC = Vec16<T>::N;
+  const T fill = static_cast<T>(masked);
+#pragma unroll
+  for (int k = 0; k < P; ++k) {
+    const int p = (lane + G * k) * VEC - a0;
+    if (p >= 0 && p + VEC <= Tk) {
+      if (out[k]) {
+        cuda::st_global_128(o + p, cuda::splat16<T>(fill));
+      } else {
+        cuda::store16<T>(o + p, v[k]);
+      }
+    } else if (p < Tk && p + VEC > 0) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        if (p + e >= 0 && p + e < Tk) store_edge(o + p + e, out[k] ? fill : static_cast<T>(v[k][e]));
+      }
+    }
+  }
+}
+
 template <typename T, int G, int P, bool LOG>
-__global__ void __launch_bounds__(kTierBlock<G>, (kTierMinBlocks<G, P>)) softmax_tier_forward_kernel(
+__global__ void __launch_bounds__(kTierBlock<G>, (kTierForwardMinBlocks<G, P>)) softmax_tier_forward_kernel(
     SoftmaxArgs a, RowDiv d) {
   constexpr int VEC = Vec16<T>::N;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
@@ -535,84 +590,120 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kTierMinBlocks<G, P>)) softmax
     return;
   }
 
-  const float scale = static_cast<float>(a.scale);
-  const float softcap = static_cast<float>(a.softcap);
+  // The scores in base-2 units, u = log2(e) * z, so that exp(z - m) = 2^(u - max u)
+  // is one FADD and one MUFU.EX2 (Nsight Compute on the H200: this kernel issued
+  // an instruction on ~70 % of cycles, so instructions per element set its pace
+  // as much as DRAM). Chunks wholly outside [lo, hi) are neither read nor
+  // computed: a padded or causal row costs fewer instructions, not only fewer bytes.
+  constexpr float kLn2 = 0.693147180559945309f;
+  const float scale2 = static_cast<float>(a.scale * 1.4426950408889634);
+  const float cap2 = a.softcap > 0 ? static_cast<float>(a.softcap * 1.4426950408889634) : 0.f;
+  const float inv_cap2 = a.softcap > 0 ? 1.f / cap2 : 0.f;
   const float* sink = a.sinks == nullptr ? nullptr
                                          : static_cast<const float*>(a.sinks) + pos.b * a.ss[0] +
                                                pos.h * a.ss[1] + pos.i * a.ss[2];
-  const float inv_cap = a.softcap > 0 ? static_cast<float>(1.0 / a.softcap) : 0.f;
   const bool vec = same_alignment(xr, o);
-  // v = the scores scale * x (softcapped), -inf outside [lo, hi).
+  bool out[P];
+#pragma unroll
+  for (int k = 0; k < P; ++k) {
+    const int p = (lane + G * k) * VEC - a0;
+    out[k] = p >= hi || p + VEC <= lo;
+  }
+  // v = the scores u (softcapped), -inf outside [lo, hi); chunks out[k] untouched.
   auto load_scores = [&] {
     RawRow<T, P> raw;
     load_row<T, G, P>(xr, lo, hi, vec, lane, a0, raw);
 #pragma unroll
     for (int k = 0; k < P; ++k) {
+      if (out[k]) continue;
       const int p = (lane + G * k) * VEC - a0;
       unpack_chunk(raw, k, v[k]);
       if (raw.full[k]) {
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) v[k][e] *= scale;
+        for (int e = 0; e < VEC; ++e) v[k][e] *= scale2;
       } else {
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
-          v[k][e] = lo <= p + e && p + e < hi ? v[k][e] * scale : kNegInf;
+          v[k][e] = lo <= p + e && p + e < hi ? v[k][e] * scale2 : kNegInf;
         }
       }
     }
-    if (softcap > 0.f) {  // softcap * tanh(z / softcap) on the visible scores
+    if (cap2 > 0.f) {  // softcap * tanh(z / softcap) on the visible scores, in base 2
 #pragma unroll
       for (int k = 0; k < P; ++k) {
+        if (out[k]) continue;
         const int p = (lane + G * k) * VEC - a0;
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
-          if (lo <= p + e && p + e < hi) v[k][e] = softcap * tanhf(v[k][e] * inv_cap);
+          if (lo <= p + e && p + e < hi) v[k][e] = cap2 * tanhf(v[k][e] * inv_cap2);
         }
       }
     }
   };
   load_scores();
 
-  float m = kNegInf;  // fmaxf skips NaN: a NaN score shows up in the sum
+  // Max and sum by chunk, then across chunks: P short dependency chains
+  // instead of one of P * VEC.
+  float part_m[P];  // fmaxf skips NaN: a NaN score shows up in the sum
 #pragma unroll
   for (int k = 0; k < P; ++k) {
+    part_m[k] = kNegInf;
+    if (out[k]) continue;
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) m = fmaxf(m, v[k][e]);
+    for (int e = 0; e < VEC; ++e) part_m[k] = fmaxf(part_m[k], v[k][e]);
   }
+  float m = part_m[0];
+#pragma unroll
+  for (int k = 1; k < P; ++k) m = fmaxf(m, part_m[k]);
   m = group_reduce<G>(m, mask, part[0], max_op);
-  if (m == kNegInf) m = 0.f;  // every score -inf: exp(-inf - 0) = 0, no NaN
-  float s = 0.f;
+  if (m == kNegInf) m = 0.f;  // every score -inf: 2^(-inf - 0) = 0, no NaN
+  float part_s[P];
+  auto chunk_sums = [&] {
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < P; ++k) s += part_s[k];
+    return s;
+  };
   if constexpr (LOG) {
 #pragma unroll
     for (int k = 0; k < P; ++k) {
+      part_s[k] = 0.f;
+      if (out[k]) continue;
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) s += fast_exp(v[k][e] - m);
+      for (int e = 0; e < VEC; ++e) part_s[k] += exp2_ftz(v[k][e] - m);
     }
-    const RowNorm n = row_norm(m, group_reduce<G>(s, mask, part[1], sum_op), sink);
+    const float s = chunk_sums();
+    const RowNorm n = row_norm(m * kLn2, group_reduce<G>(s, mask, part[1], sum_op), sink);
 #pragma unroll
     for (int k = 0; k < P; ++k) {
+      if (out[k]) continue;
 #pragma unroll
       for (int e = 0; e < VEC; ++e) {
-        const float y = v[k][e] - n.lse;  // below finfo.min becomes finfo.min; NaN stays NaN
+        // (u - m) ln 2 = z - max z to the rounding of the subtraction, as in base e
+        const float y = (v[k][e] - m) * kLn2 - n.lse_m;  // below finfo.min: finfo.min; NaN stays
         v[k][e] = v[k][e] == kNegInf || y < masked ? masked : y;
       }
     }
   } else {
 #pragma unroll
     for (int k = 0; k < P; ++k) {
+      part_s[k] = 0.f;
+      if (out[k]) continue;
 #pragma unroll
       for (int e = 0; e < VEC; ++e) {
-        v[k][e] = fast_exp(v[k][e] - m);  // the one exp of each element
-        s += v[k][e];
+        v[k][e] = exp2_ftz(v[k][e] - m);  // the one exp of each element
+        part_s[k] += v[k][e];
       }
     }
-    const RowNorm n = row_norm(m, group_reduce<G>(s, mask, part[1], sum_op), sink);
+    const float s = chunk_sums();
+    const RowNorm n = row_norm(m * kLn2, group_reduce<G>(s, mask, part[1], sum_op), sink);
     if (n.poisoned) {
       // Rare: NaN at every visible position but those whose score is -inf,
       // which the exps no longer tell apart: read the row again.
       load_scores();
 #pragma unroll
       for (int k = 0; k < P; ++k) {
+        if (out[k]) continue;
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
           v[k][e] = v[k][e] == kNegInf ? 0.f : std::numeric_limits<float>::quiet_NaN();
@@ -621,12 +712,13 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kTierMinBlocks<G, P>)) softmax
     } else {
 #pragma unroll
       for (int k = 0; k < P; ++k) {
+        if (out[k]) continue;
 #pragma unroll
         for (int e = 0; e < VEC; ++e) v[k][e] *= n.c;
       }
     }
   }
-  store_row<T, G, P>(o, Tk, lane, a0, v);
+  store_row<T, G, P>(o, Tk, lane, a0, v, out, masked);
 }
 
 // Backward of the tiers: y and dy held in registers as raw bits (read once),
@@ -809,14 +901,162 @@ void with_forward_tier(int64_t chunks, F&& f) {
 
 }  // namespace
 
+// Split rows: rows too long for the tiers and too few to fill the GPU (a
+// decode step: 128 rows of 64K keys ran one block per row on 128 of 132 SMs,
+// at 9 % of DRAM bandwidth on the H200). Each row is cut into S segments of
+// seg_len keys (a multiple of 16: every segment starts with the row's
+// alignment) over S blocks; the first launch writes each segment's (max, sum)
+// to `part` (rows x S), the second merges the S pairs of its row and writes
+// its segment: outputs, and the masked value outside [lo, hi). No mask or bias
+// tensor; fp16, bf16, fp32.
+constexpr int kSplitBlock = 512;
+
+struct SplitSeg {
+  int64_t lo, hi;  // the row's visible interval
+  int64_t s0, s1;  // this block's segment of [0, Tk)
+};
+
+__device__ __forceinline__ SplitSeg split_seg(const SoftmaxArgs& a, const RowPos& p,
+                                              int64_t seg_len) {
+  int64_t lo, hi;
+  row_bounds(a.spec, p.b, p.i, lo, hi);
+  const int64_t s0 = static_cast<int64_t>(blockIdx.y) * seg_len;
+  return {lo, hi, s0, s0 + seg_len < a.Tk ? s0 + seg_len : a.Tk};
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kSplitBlock, 1) softmax_split_stats_kernel(SoftmaxArgs a,
+                                                                            float2* part,
+                                                                            int64_t seg_len) {
+  using Pack = typename Vec16<T>::Pack;
+  constexpr int VEC = Vec16<T>::N;
+  const int64_t r = blockIdx.x;
+  const RowPos p = split_row(a, r);
+  const SplitSeg g = split_seg(a, p, seg_len);
+  const int64_t j0 = g.lo > g.s0 ? g.lo : g.s0, j1 = g.hi < g.s1 ? g.hi : g.s1;
+  const T* xr = static_cast<const T*>(a.x) + p.b * a.xs[0] + p.h * a.xs[1] + p.i * a.xs[2];
+  const float scale = static_cast<float>(a.scale), softcap = static_cast<float>(a.softcap);
+  const float inv_cap = a.softcap > 0 ? static_cast<float>(1.0 / a.softcap) : 0.f;
+  auto score = [&](float v) { return softcap > 0.f ? softcap * tanhf(v * scale * inv_cap) : v * scale; };
+  MaxSum<float> ms{-std::numeric_limits<float>::infinity(), 0.f};
+  if (j1 > j0) {
+    cuda::vec_loop(xr + j0, j1 - j0, threadIdx.x, kSplitBlock,
+                   [&](int64_t k) { ms.add(score(static_cast<float>(xr[j0 + k]))); },
+                   [&](int64_t k) {
+                     const Pack pk = *reinterpret_cast<const Pack*>(xr + j0 + k);
+#pragma unroll
+                     for (int e = 0; e < VEC; ++e) ms.add(score(static_cast<float>(pk.v[e])));
+                   });
+  }
+  ms = row_reduce<kSplitBlock>(ms);
+  if (threadIdx.x == 0) {
+    part[r * gridDim.y + blockIdx.y] = make_float2(ms.m, ms.s);  // [edge]: one pair per block
+  }
+}
+
+template <typename T, bool LOG>
+__global__ void __launch_bounds__(kSplitBlock, 1) softmax_split_write_kernel(SoftmaxArgs a,
+                                                                            const float2* part,
+                                                                            int64_t seg_len) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  const int64_t r = blockIdx.x;
+  const int tid = threadIdx.x;
+  const RowPos p = split_row(a, r);
+  const SplitSeg g = split_seg(a, p, seg_len);
+  T* o = static_cast<T*>(a.out) + r * a.Tk;
+  const T* xr = static_cast<const T*>(a.x) + p.b * a.xs[0] + p.h * a.xs[1] + p.i * a.xs[2];
+  const T masked = LOG ? std::numeric_limits<T>::lowest() : T(0);
+  const float bias_min = static_cast<float>(std::numeric_limits<T>::lowest());
+  // The segment's masked keys: [s0, lo) and [hi, s1), where not empty.
+  const int64_t j0 = g.lo > g.s0 ? g.lo : g.s0, j1 = g.hi < g.s1 ? g.hi : g.s1;
+  const int64_t head_end = g.lo < g.s1 ? g.lo : g.s1, tail_start = g.hi > g.s0 ? g.hi : g.s0;
+  if (head_end > g.s0) cuda::fill(o + g.s0, head_end - g.s0, masked, tid, kSplitBlock);
+  if (g.s1 > tail_start) cuda::fill(o + tail_start, g.s1 - tail_start, masked, tid, kSplitBlock);
+  if (j1 <= j0) return;  // the whole block leaves: no barrier below
+  // Every thread merges the row's S pairs (a few L2 loads, the same address per warp).
+  MaxSum<float> ms{kNegInf, 0.f};
+  for (unsigned q = 0; q < gridDim.y; ++q) {
+    const float2 f = part[r * gridDim.y + q];
+    ms.merge(f.x, f.y);
+  }
+  if (ms.m == kNegInf && ms.s == 0.f) {  // every visible score -inf
+    cuda::fill(o + j0, j1 - j0, masked, tid, kSplitBlock);
+    return;
+  }
+  if (a.sinks != nullptr) {  // the sink joins the normaliser as one more score
+    ms.merge(static_cast<const float*>(a.sinks)[p.b * a.ss[0] + p.h * a.ss[1] + p.i * a.ss[2]], 1.f);
+  }
+  // As the general kernel's second pass: a NaN or +inf score makes every
+  // visible output NaN; masked positions (-inf) keep the masked value.
+  const bool poisoned = ms.m == -kNegInf || ms.s != ms.s;
+  const float qnan = std::numeric_limits<float>::quiet_NaN();
+  const float inv = poisoned ? qnan : 1.f / ms.s;
+  const float lse = poisoned ? qnan : ms.m + logf(ms.s);
+  const float scale = static_cast<float>(a.scale), softcap = static_cast<float>(a.softcap);
+  const float inv_cap = a.softcap > 0 ? static_cast<float>(1.0 / a.softcap) : 0.f;
+  auto finish = [&](float v) -> float {
+    const float z = softcap > 0.f ? softcap * tanhf(v * scale * inv_cap) : v * scale;
+    if constexpr (LOG) {
+      if (z == kNegInf) return bias_min;
+      const float y = z - lse;  // below finfo.min becomes finfo.min; NaN stays NaN
+      return y < bias_min ? bias_min : y;
+    } else {
+      return z == kNegInf ? 0.f : fast_exp(z - ms.m) * inv;
+    }
+  };
+  const bool xvec = same_alignment(xr + j0, o + j0);
+  cuda::vec_loop(
+      o + j0, j1 - j0, tid, kSplitBlock,
+      [&](int64_t k) { o[j0 + k] = static_cast<T>(finish(static_cast<float>(xr[j0 + k]))); },  // [edge]
+      [&](int64_t k) {
+        float res[Vec16<T>::N];
+        if (xvec) {
+          cuda::unpack16<T>(*reinterpret_cast<const uint4*>(xr + j0 + k), res);
+        } else {
+#pragma unroll
+          for (int e = 0; e < Vec16<T>::N; ++e) res[e] = static_cast<float>(xr[j0 + k + e]);
+        }
+#pragma unroll
+        for (int e = 0; e < Vec16<T>::N; ++e) res[e] = finish(res[e]);
+        cuda::store16<T>(o + j0 + k, res);
+      });
+}
+
+// Segments per row for the split kernels, 0 for none: only where the general
+// kernel's one block per row would leave SMs idle (fewer rows than 2 per SM),
+// about 4 blocks per SM in all, segments of at least 4096 keys.
+inline int split_count(const SoftmaxArgs& a) {
+  const int64_t rows = a.rows(), sms = cuda::sm_count();
+  if (a.Tk < 8192 || rows == 0 || rows >= 2 * sms || rows > 65535) return 0;
+  int64_t S = (4 * sms + rows - 1) / rows;
+  if (S > a.Tk / 4096) S = a.Tk / 4096;
+  return S >= 2 ? static_cast<int>(S) : 0;
+}
+
+template <typename T, bool LOG>
+void launch_split_forward(const SoftmaxArgs& a, int S, cudaStream_t stream) {
+  int64_t seg_len = (a.Tk + S - 1) / S;
+  seg_len = (seg_len + 15) / 16 * 16;
+  const int64_t rows = a.rows();
+  at::DataPtr part = c10::cuda::CUDACachingAllocator::get()->allocate(
+      static_cast<size_t>(rows * S) * sizeof(float2));
+  float2* pp = static_cast<float2*>(part.get());
+  const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(S));
+  softmax_split_stats_kernel<T><<<grid, kSplitBlock, 0, stream>>>(a, pp, seg_len);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  softmax_split_write_kernel<T, LOG><<<grid, kSplitBlock, 0, stream>>>(a, pp, seg_len);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 // Most 16-byte chunks per thread in the forward tiers (0: no tiers): 64
 // scores; the backward holds y and dy, half as many of each.
 template <typename T>
 constexpr int kTierMaxP = std::is_same_v<T, double> ? 0 : (sizeof(T) == 4 ? 16 : 8);
 
 // The one place that picks a kernel: the register tiers for the fp16, bf16
-// and fp32 rows they hold (no mask or bias tensor), else a warp per row up to
-// kWarpRowMax keys, else a block per row.
+// and fp32 rows they hold (no mask or bias tensor), else the split rows for
+// longer rows too few to fill the GPU (same conditions), else a warp per row
+// up to kWarpRowMax keys, else a block per row.
 template <typename T, bool LOG>
 void launch_softmax_forward(const SoftmaxArgs& a, cudaStream_t stream) {
   if constexpr (kTierMaxP<T> > 0) {
@@ -830,6 +1070,14 @@ void launch_softmax_forward(const SoftmaxArgs& a, cudaStream_t stream) {
       });
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
+    }
+  }
+  if constexpr (!std::is_same_v<T, double>) {
+    if (a.mask == nullptr && a.bias == nullptr) {
+      if (const int S = split_count(a)) {
+        launch_split_forward<T, LOG>(a, S, stream);
+        return;
+      }
     }
   }
   auto general = [&]<int THREADS, int BLOCK>() {
