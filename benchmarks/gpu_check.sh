@@ -209,8 +209,9 @@ if want ops; then
   run_step 40 python benchmarks/bench_masked_ops.py --device "$DEV" --out "$LOGS" > "$LOGS/bench_masked_ops.log" 2>&1
   result "exit $?"
 fi
-# The Hugging Face backend before the fp32 and bf16 sweeps: it has not yet run
-# on a GPU (the machine's transformers was 5.17 on 2026-11-26).
+# The Hugging Face backend before the fp32 and bf16 sweeps: its one GPU run
+# (2026-11-26, transformers 5.17) was host-bound, and the eager autograd path
+# made since is to be measured.
 want hf && step "benchmarks: Hugging Face backend"
 if ! want hf; then :
 elif python -c "import transformers" > /dev/null 2>&1; then
