@@ -432,18 +432,25 @@ def _tier_inputs(Tk, dtype):
     return xs, kws
 
 
+def _check_forward_inputs(Tk, dtype):
+    """masked_softmax and masked_log_softmax on every input of _tier_inputs(Tk)
+    against the reference; returns those inputs."""
+    xs, kws = _tier_inputs(Tk, dtype)
+    for x, kw in itertools.product(xs, kws):
+        check(x, **kw)
+        got, want = maskext.masked_log_softmax(x, **kw), R.masked_log_softmax(x, **kw)
+        visible = R.masked_softmax(x.double(), **kw) > 0
+        assert (got[~visible] == torch.finfo(dtype).min).all(), (Tk, kw)
+        atol = 1e-5 if dtype == torch.float32 else 0.06
+        torch.testing.assert_close(got[visible], want[visible], atol=atol, rtol=1e-2)
+    return xs
+
+
 @_CUDA
 @pytest.mark.parametrize("dtype", _LOW)
 def test_cuda_tier_forward(dtype):
     for Tk in tier_edges(dtype, backward=False):
-        xs, kws = _tier_inputs(Tk, dtype)
-        for x, kw in itertools.product(xs, kws):
-            check(x, **kw)
-            got, want = maskext.masked_log_softmax(x, **kw), R.masked_log_softmax(x, **kw)
-            visible = R.masked_softmax(x.double(), **kw) > 0
-            assert (got[~visible] == torch.finfo(dtype).min).all(), (Tk, kw)
-            atol = 1e-5 if dtype == torch.float32 else 0.06
-            torch.testing.assert_close(got[visible], want[visible], atol=atol, rtol=1e-2)
+        _check_forward_inputs(Tk, dtype)
 
 
 @_CUDA
@@ -456,15 +463,7 @@ def test_cuda_split_rows(dtype):
     longest = 16384 if dtype == torch.float32 else 32768  # the tiers' longest row
     for Tk in (longest + 1, 2 * longest + 37):
         assert _tier(Tk, dtype, backward=False) is None
-        xs, kws = _tier_inputs(Tk, dtype)
-        for x, kw in itertools.product(xs, kws):
-            check(x, **kw)
-            got, want = maskext.masked_log_softmax(x, **kw), R.masked_log_softmax(x, **kw)
-            visible = R.masked_softmax(x.double(), **kw) > 0
-            assert (got[~visible] == torch.finfo(dtype).min).all(), (Tk, kw)
-            atol = 1e-5 if dtype == torch.float32 else 0.06
-            torch.testing.assert_close(got[visible], want[visible], atol=atol, rtol=1e-2)
-        x = xs[0].clone()
+        x = _check_forward_inputs(Tk, dtype)[0].clone()
         x[0, 0, 0, Tk // 2] = float("nan")  # one NaN in one segment: its row all NaN
         x[1, 1, 2, 5] = float("inf")
         L = torch.tensor([Tk, Tk, 0], device="cuda")
