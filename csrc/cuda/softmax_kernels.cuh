@@ -506,26 +506,6 @@ __device__ __forceinline__ void unpack_chunk(const RawRow<T, P>& raw, int k,
   cuda::unpack16<T>(make_uint4(raw.w[k][0], raw.w[k][1], raw.w[k][2], raw.w[k][3]), v);
 }
 
-// Writes v (P chunks per lane) to the output row o[0, Tk): one 128-bit store
-// per chunk inside the row, scalar stores for the partial first and last.
-template <typename T, int G, int P>
-__device__ __forceinline__ void store_row(T* __restrict__ o, int Tk, int lane, int a0,
-                                          const float (&v)[P][Vec16<T>::N]) {
-  constexpr int VEC = Vec16<T>::N;
-#pragma unroll
-  for (int k = 0; k < P; ++k) {
-    const int p = (lane + G * k) * VEC - a0;
-    if (p >= 0 && p + VEC <= Tk) {
-      cuda::store16<T>(o + p, v[k]);
-    } else if (p < Tk && p + VEC > 0) {
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) {
-        if (p + e >= 0 && p + e < Tk) o[p + e] = static_cast<T>(v[k][e]);  // [edge]
-      }
-    }
-  }
-}
-
 // One element of a row's scalar head or tail, converted by the caller: the
 // store keeps this [edge] line in the line table (converted on the store's
 // line, the store was charged to cuda_fp16.hpp's conversion).
@@ -534,8 +514,10 @@ __device__ __forceinline__ void store_edge(T* p, T v) {
   *p = v;  // [edge]
 }
 
-// As store_row, but the chunks with out[k] set (wholly outside [lo, hi), their
-// v never computed) are written as `masked`.
+// Writes v (P chunks per lane) to the output row o[0, Tk): one 128-bit store
+// per chunk inside the row, scalar stores for the partial first and last. The
+// chunks with out[k] set (wholly outside [lo, hi), their v never computed) are
+// written as `masked`.
 template <typename T, int G, int P>
 __device__ __forceinline__ void store_row(T* __restrict__ o, int Tk, int lane, int a0,
                                           const float (&v)[P][Vec16<T>::N], const bool (&out)[P],
@@ -558,6 +540,14 @@ __device__ __forceinline__ void store_row(T* __restrict__ o, int Tk, int lane, i
       }
     }
   }
+}
+
+// store_row with every chunk computed (the flags fold away when inlined).
+template <typename T, int G, int P>
+__device__ __forceinline__ void store_row(T* __restrict__ o, int Tk, int lane, int a0,
+                                          const float (&v)[P][Vec16<T>::N]) {
+  const bool none[P] = {};
+  store_row<T, G, P>(o, Tk, lane, a0, v, none, 0.f);
 }
 
 template <typename T, int G, int P, bool LOG>
@@ -596,8 +586,9 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kTierForwardMinBlocks<G, P>)) 
   // as much as DRAM). Chunks wholly outside [lo, hi) are neither read nor
   // computed: a padded or causal row costs fewer instructions, not only fewer bytes.
   constexpr float kLn2 = 0.693147180559945309f;
-  const float scale2 = static_cast<float>(a.scale * 1.4426950408889634);
-  const float cap2 = a.softcap > 0 ? static_cast<float>(a.softcap * 1.4426950408889634) : 0.f;
+  constexpr double kLog2e = 1.4426950408889634;
+  const float scale2 = static_cast<float>(a.scale * kLog2e);
+  const float cap2 = a.softcap > 0 ? static_cast<float>(a.softcap * kLog2e) : 0.f;
   const float inv_cap2 = a.softcap > 0 ? 1.f / cap2 : 0.f;
   const float* sink = a.sinks == nullptr ? nullptr
                                          : static_cast<const float*>(a.sinks) + pos.b * a.ss[0] +
