@@ -82,6 +82,13 @@ MASKEXT_HD void segment_bounds(const RowSpec& s, int64_t b, int64_t p, int64_t& 
   }
   hi = a;
 }
+// True when row_bounds(s, b, i) does not depend on the query row i (keys
+// masked by lengths only, or nothing): a kernel may compute it once per b.
+MASKEXT_HD bool rows_alike(const RowSpec& s) {
+  return s.q_lengths == nullptr && s.segment_ids == nullptr && !s.causal && s.window_left < 0 &&
+         s.window_right < 0 && s.chunk <= 0 && s.prefix == nullptr && s.prefix_value <= 0;
+}
+
 // Visible keys [lo, hi) of query row i of batch element b; lo == hi == 0 means
 // the row is fully masked. Always 0 <= lo, hi <= k_len, whatever the lengths hold
 // (lengths are clamped to [0, k_len]: a length past the row means "all real").
