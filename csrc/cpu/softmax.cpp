@@ -106,6 +106,17 @@ acc_t scale_max(const acc_t* src, acc_t* z, int64_t n, acc_t scale) {
   return at::vec::vec_reduce_all<acc_t>([](Vec& p, Vec& q) { return at::vec::maximum(p, q); }, m);
 }
 
+// p[0:n] = v with vector stores (std::fill here compiled to a scalar loop, and
+// a causal row's masked half is as long as its visible one).
+template <typename T>
+void fill_row(T* p, int64_t n, T v) {
+  using Vec = at::vec::Vectorized<T>;
+  const Vec vv(v);
+  int64_t k = 0;
+  for (; k + Vec::size() <= n; k += Vec::size()) vv.store(p + k);
+  if (k < n) vv.store(p + k, n - k);
+}
+
 struct RowIndex {
   int64_t b, h, i;
 };
@@ -158,9 +169,9 @@ void for_each_row(const SoftmaxArgs& a, int64_t r0, int64_t r1, T* out, T masked
       if (nhi > nlo && (hi < a.Tk || nlo > 0)) prefetch(r + 1, nx, nlo, nhi);
     }
     T* o = out + r * a.Tk;
-    std::fill(o, o + lo, masked);
+    fill_row(o, lo, masked);
     if (hi > lo) body(r, ix, lo, hi, o);
-    std::fill(o + hi, o + a.Tk, masked);
+    fill_row(o + hi, a.Tk - hi, masked);
     ix = nx;
     lo = nlo;
     hi = nhi;
@@ -237,7 +248,7 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
         if (bias != nullptr || a.mask != nullptr) mx = scale_max<false>(z, z, n, acc_t(1));
       }
       if (mx == neg_inf) {  // every visible key masked (by mask/bias, or -inf scores)
-        std::fill(o + lo, o + hi, masked);
+        fill_row(o + lo, hi - lo, masked);
         return;
       }
       // The sink joins the normaliser as one more score (a NaN one poisons the row).
