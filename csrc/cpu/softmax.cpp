@@ -311,7 +311,7 @@ void backward_row_reduced(const scalar_t* y, const scalar_t* g, scalar_t* o, int
   }
   auto grad = [&](fVec yv, fVec gv) {
     if constexpr (LOG) {
-      return ((gv - yv.exp() * fVec(dot)) * fVec(scale)) & (yv != vmin);
+      return ((gv - exp_nonpos(yv) * fVec(dot)) * fVec(scale)) & (yv != vmin);
     } else {
       return yv * (gv - fVec(dot)) * fVec(scale);
     }
@@ -331,6 +331,7 @@ void backward_row_reduced(const scalar_t* y, const scalar_t* g, scalar_t* o, int
 // Softmax: dx = scale * y * (dy - sum(dy * y)) on the visible interval.
 // LOG (y = log-softmax): dx = scale * (dy - exp(y) * sum(dy)), with the sum and
 // dx over the positions where y != finfo.min (the unmasked ones). 0 elsewhere.
+// y is a log-probability (<= 0), so exp_nonpos applies.
 template <typename scalar_t, bool LOG>
 void softmax_backward_kernel(const SoftmaxArgs& a) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -357,7 +358,7 @@ void softmax_backward_kernel(const SoftmaxArgs& a) {
         const acc_t dot = sum2(yr, gr, n, [vmin](Vec p, Vec q) { return LOG ? q & (p != vmin) : p * q; });
         auto grad = [dot, scale, vmin](Vec yv, Vec gv) {
           if constexpr (LOG) {
-            return ((gv - yv.exp() * Vec(dot)) * Vec(scale)) & (yv != vmin);
+            return ((gv - exp_nonpos(yv) * Vec(dot)) * Vec(scale)) & (yv != vmin);
           } else {
             return yv * (gv - Vec(dot)) * Vec(scale);
           }
