@@ -569,3 +569,27 @@ def test_modes_and_fake_tensors_still_see_the_op():
     with FakeTensorMode() as mode:
         y = maskext.masked_softmax(mode.from_tensor(x), lengths=mode.from_tensor(L))
         assert y.shape == x.shape and type(y).__name__ == "FakeTensor"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_exp_over_its_whole_range(device, dtype):
+    # Each row is [0, t]: its second probability is e^t / (1 + e^t), so the
+    # kernels' exp is seen at every t in [-100, 0] (random scores reach only
+    # about [-10, 0]), underflow and -inf included; log-softmax too.
+    t = torch.cat([torch.linspace(-100, 0, 20001, dtype=torch.float64),
+                   torch.tensor([-math.inf, -87.4, -87.3, -1e-7])])
+    x = torch.stack([torch.zeros_like(t), t], -1)
+    L = torch.full((t.numel(),), 2, device=device)
+    want = torch.softmax(x, -1)[:, 1]
+    got = maskext.masked_softmax(x.to(device, dtype), lengths=L)[:, 1].double().cpu()
+    own = torch.softmax(x.to(dtype), -1)[:, 1].double()  # what PyTorch gets in this dtype
+    rel_tol = 2 * ((own - want).abs() / want.clamp_min(1e-300)).max().item() + 1e-7
+    normal = want >= torch.finfo(torch.float32).tiny
+    rel = (got - want).abs() / want.clamp_min(1e-300)
+    assert rel[normal].max().item() <= rel_tol
+    assert (got[~normal] <= torch.finfo(torch.float32).tiny).all()
+    assert got[t == -math.inf].item() == 0
+    got_log = maskext.masked_log_softmax(x.to(device, dtype), lengths=L)[:, 1].double().cpu()
+    want_log = torch.log_softmax(x, -1)[:, 1].clamp_min(torch.finfo(dtype).min)
+    torch.testing.assert_close(got_log, want_log, atol=1e-5 if dtype == torch.float32 else 0.1,
+                               rtol=1e-6 if dtype == torch.float32 else 1e-2)

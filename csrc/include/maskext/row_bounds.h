@@ -82,6 +82,7 @@ MASKEXT_HD void segment_bounds(const RowSpec& s, int64_t b, int64_t p, int64_t& 
   }
   hi = a;
 }
+
 // True when row_bounds(s, b, i) does not depend on the query row i (keys
 // masked by lengths only, or nothing): a kernel may compute it once per b.
 MASKEXT_HD bool rows_alike(const RowSpec& s) {
