@@ -593,3 +593,31 @@ def test_exp_over_its_whole_range(device, dtype):
     want_log = torch.log_softmax(x, -1)[:, 1].clamp_min(torch.finfo(dtype).min)
     torch.testing.assert_close(got_log, want_log, atol=1e-5 if dtype == torch.float32 else 0.1,
                                rtol=1e-6 if dtype == torch.float32 else 1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_every_row_length_on_every_path(device, dtype):
+    # A causal 40x40 mask gives visible lengths 1..40, one row each: shorter than a vector, one vector, a vector and a tail, ... The
+    # CPU kernels handle a row's last n % V keys as a vector overlapping the
+    # body (written twice, counted once); each path (direct, through the score
+    # buffer with bias or softcap, log-softmax; forward and backward) must get
+    # every length right, with the masked keys exactly 0.
+    T = 40
+    x = (torch.randn(2, 3, T, T, device=device, dtype=dtype) * 3).requires_grad_()
+    dy = torch.randn(2, 3, T, T, device=device, dtype=dtype)
+    bias = torch.randn(T, T, device=device, dtype=dtype)
+    L = torch.tensor([T, 29], device=device)
+    tol = dict(atol=1e-12, rtol=1e-10) if dtype == torch.float64 else dict(atol=2e-6, rtol=1e-5)
+    for fn, ref in ((maskext.masked_softmax, R.masked_softmax),
+                    (maskext.masked_log_softmax, R.masked_log_softmax)):
+        for kw in (dict(), dict(bias=bias), dict(softcap=5.0), dict(scale=0.7)):
+            kw = dict(kw, causal=True, lengths=L)
+            got = fn(x, **kw)
+            want = ref(x, **kw)
+            torch.testing.assert_close(got, want, **tol)
+            gx = torch.autograd.grad(got, x, dy)[0]
+            rx = torch.autograd.grad(want, x, dy)[0]
+            torch.testing.assert_close(gx, rx, **tol)
+            hidden = ~R.visible(T, T, lengths=L, causal=True).expand_as(x)
+            assert (gx[hidden] == 0).all()
+            assert (got[hidden] == (0 if fn is maskext.masked_softmax else torch.finfo(dtype).min)).all()

@@ -26,9 +26,9 @@ int64_t row_grain(int64_t Tk) { return std::max<int64_t>(1, 4096 / std::max<int6
 template <typename scalar_t, typename acc_t, typename F>
 void store_mapped(const acc_t* src, scalar_t* dst, int64_t n, acc_t* scratch, F f) {
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    at::vec::map(f, dst, src, n);
+    map_row(f, dst, src, n);
   } else {
-    at::vec::map(f, scratch, src, n);
+    map_row(f, scratch, src, n);
     at::vec::convert(scratch, dst, n);
   }
 }
@@ -38,18 +38,28 @@ void store_mapped(const acc_t* src, scalar_t* dst, int64_t n, acc_t* scratch, F 
 template <bool STORE, typename acc_t>
 acc_t exp_sum(const acc_t* src, acc_t* dst, int64_t n, acc_t s, acc_t mx) {
   using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
   const Vec vmx(mx), vs(s);
+  auto e_of = [&](const Vec& v) { return exp_nonpos(at::vec::fmsub(v, vs, vmx)); };
+  if (n < V) {  // one masked vector, not n scalar exps
+    const Vec e = e_of(Vec::loadu(src, n));
+    if constexpr (STORE) e.store(dst, n);
+    return at::vec::vec_reduce_all<acc_t>([](Vec& p, Vec& q) { return p + q; },
+                                          Vec::set(Vec(acc_t(0)), e, n));
+  }
+  // The tail as the vector ending at n (cpu_vec.h, "Row tails"), read before
+  // the body overwrites it when dst == src.
+  const int64_t m = n % V;
+  const Vec last = m != 0 ? e_of(Vec::loadu(src + n - V)) : Vec(acc_t(0));
   Vec acc(acc_t(0));
-  int64_t k = 0;
-  for (; k + Vec::size() <= n; k += Vec::size()) {
-    const Vec e = exp_nonpos(at::vec::fmsub(Vec::loadu(src + k), vs, vmx));
+  for (int64_t k = 0; k + V <= n; k += V) {
+    const Vec e = e_of(Vec::loadu(src + k));
     if constexpr (STORE) e.store(dst + k);
     acc = acc + e;
   }
-  if (k < n) {  // the last n - k < V keys: one masked vector, not n - k scalar exps
-    const Vec e = exp_nonpos(at::vec::fmsub(Vec::loadu(src + k, n - k), vs, vmx));
-    if constexpr (STORE) e.store(dst + k, n - k);
-    acc = acc + Vec::set(Vec(acc_t(0)), e, n - k);
+  if (m != 0) {
+    if constexpr (STORE) last.store(dst + n - V);
+    acc = acc + (last & last_lanes<acc_t>(m));
   }
   return at::vec::vec_reduce_all<acc_t>([](Vec& p, Vec& q) { return p + q; }, acc);
 }
@@ -69,9 +79,10 @@ acc_t sum2(const acc_t* a, const acc_t* b, int64_t n, F f) {
     s3 = s3 + f(Vec::loadu(a + k + 3 * V), Vec::loadu(b + k + 3 * V));
   }
   for (; k + V <= n; k += V) s0 = s0 + f(Vec::loadu(a + k), Vec::loadu(b + k));
-  if (k < n) {  // partial vector: zero the lanes past n after f
-    const Vec part = f(Vec::loadu(a + k, n - k), Vec::loadu(b + k, n - k));
-    s1 = s1 + Vec::set(Vec(acc_t(0)), part, n - k);
+  if (k < n && n >= V) {  // the vector ending at n, its lanes before k dropped after f
+    s1 = s1 + (f(Vec::loadu(a + n - V), Vec::loadu(b + n - V)) & last_lanes<acc_t>(n - k));
+  } else if (k < n) {  // a row shorter than a vector: zero the lanes past n after f
+    s1 = s1 + Vec::set(Vec(acc_t(0)), f(Vec::loadu(a, n), Vec::loadu(b, n)), n);
   }
   return at::vec::vec_reduce_all<acc_t>([](Vec& p, Vec& q) { return p + q; }, (s0 + s1) + (s2 + s3));
 }
@@ -83,7 +94,18 @@ acc_t scale_max(const acc_t* src, acc_t* z, int64_t n, acc_t scale) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
   const Vec lowest(-std::numeric_limits<acc_t>::infinity()), vs(scale);
-  Vec m0 = lowest, m1 = lowest, m2 = lowest, m3 = lowest;
+  // The tail: the vector ending at n (cpu_vec.h, "Row tails"), read before
+  // the body overwrites it when z == src; the max does not mind the lanes it
+  // shares with the body. A row shorter than a vector: a masked vector.
+  Vec last = lowest;
+  if (n < V) {
+    const Vec v = Vec::loadu(src, n) * vs;
+    if constexpr (STORE) v.store(z, n);
+    last = Vec::set(lowest, v, n);
+  } else if (n % V != 0) {
+    last = Vec::loadu(src + n - V) * vs;
+  }
+  Vec m0 = lowest, m1 = last, m2 = lowest, m3 = lowest;
   auto step = [&](Vec& m, int64_t k) {
     const Vec v = Vec::loadu(src + k) * vs;
     if constexpr (STORE) v.store(z + k);
@@ -97,10 +119,8 @@ acc_t scale_max(const acc_t* src, acc_t* z, int64_t n, acc_t scale) {
     step(m3, k + 3 * V);
   }
   for (; k + V <= n; k += V) step(m0, k);
-  if (k < n) {
-    const Vec v = Vec::loadu(src + k, n - k) * vs;
-    if constexpr (STORE) v.store(z + k, n - k);
-    m1 = at::vec::maximum(m1, Vec::set(lowest, v, n - k));
+  if constexpr (STORE) {
+    if (n > V && n % V != 0) last.store(z + n - V);
   }
   const Vec m = at::vec::maximum(at::vec::maximum(m0, m1), at::vec::maximum(m2, m3));
   return at::vec::vec_reduce_all<acc_t>([](Vec& p, Vec& q) { return at::vec::maximum(p, q); }, m);
@@ -114,7 +134,9 @@ void fill_row(T* p, int64_t n, T v) {
   const Vec vv(v);
   int64_t k = 0;
   for (; k + Vec::size() <= n; k += Vec::size()) vv.store(p + k);
-  if (k < n) vv.store(p + k, n - k);
+  if (k < n) {
+    if (n >= Vec::size()) vv.store(p + n - Vec::size()); else vv.store(p + k, n - k);
+  }
 }
 
 struct RowIndex {
@@ -363,7 +385,7 @@ void softmax_backward_kernel(const SoftmaxArgs& a) {
             return yv * (gv - Vec(dot)) * Vec(scale);
           }
         };
-        at::vec::map2(grad, o + lo, yr, gr, n);
+        map2_row(grad, o + lo, yr, gr, n);
       }
     };
     for_each_row(a, r0, r1, dx, scalar_t(0), no_prefetch, row);
