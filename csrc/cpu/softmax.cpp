@@ -308,10 +308,11 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
 }
 
 // One row of the backward below for fp16/bf16, converting vectors to fp32 in
-// registers (two passes over y and dy, no row buffers).
+// registers (two passes over y and dy, no row buffers); `gap` masked keys
+// follow the row (bridge_gap).
 template <typename scalar_t, bool LOG>
 void backward_row_reduced(const scalar_t* y, const scalar_t* g, scalar_t* o, int64_t n,
-                          float scale) {
+                          int64_t gap, float scale) {
   using bVec = at::vec::Vectorized<scalar_t>;
   using fVec = at::vec::Vectorized<float>;
   const float lowest = static_cast<float>(std::numeric_limits<scalar_t>::lowest());
@@ -331,6 +332,8 @@ void backward_row_reduced(const scalar_t* y, const scalar_t* g, scalar_t* o, int
     const float yv = static_cast<float>(y[k]), gv = static_cast<float>(g[k]);
     dot += LOG ? (yv != lowest ? gv : 0.f) : yv * gv;
   }
+  bridge_gap(y + n, gap);
+  bridge_gap(g + n, gap);
   auto grad = [&](fVec yv, fVec gv) {
     if constexpr (LOG) {
       return ((gv - exp_nonpos(yv) * fVec(dot)) * fVec(scale)) & (yv != vmin);
@@ -365,19 +368,21 @@ void softmax_backward_kernel(const SoftmaxArgs& a) {
   const int64_t Tk = a.Tk;
 
   at::parallel_for(0, a.rows(), row_grain(Tk), [&](int64_t r0, int64_t r1) {
-    // No software prefetch here: the backward does too little work per byte to
-    // hide one, and fetching the next row of y and dy ahead measured slower
-    // (8x8x512x512 fp32 padded, 2 threads: 17.3 -> 15.1 ms without it).
+    // No prefetch of the next row here (the backward does too little work per
+    // byte to hide one: 8x8x512x512 fp32 padded, 2 threads, 17.3 ms with it,
+    // 15.1 without); each row bridges its own masked tail instead (bridge_gap).
     auto no_prefetch = [](int64_t, const RowIndex&, int64_t, int64_t) {};
     auto row = [&](int64_t r, const RowIndex& ix, int64_t lo, int64_t hi, scalar_t* o) {
       const int64_t n = hi - lo;
       const scalar_t* yr = y + r * Tk + lo;
       const scalar_t* gr = dy + row_offset(a.xs, ix) + lo;
       if constexpr (at::is_reduced_floating_point_v<scalar_t>) {
-        backward_row_reduced<scalar_t, LOG>(yr, gr, o + lo, n, scale);
+        backward_row_reduced<scalar_t, LOG>(yr, gr, o + lo, n, Tk - hi, scale);
       } else {  // fp32 / fp64: acc_t is scalar_t, no conversion
         const Vec vmin(std::numeric_limits<scalar_t>::lowest());
         const acc_t dot = sum2(yr, gr, n, [vmin](Vec p, Vec q) { return LOG ? q & (p != vmin) : p * q; });
+        bridge_gap(yr + n, Tk - hi);  // after the first pass: where the streams stand
+        bridge_gap(gr + n, Tk - hi);
         auto grad = [dot, scale, vmin](Vec yv, Vec gv) {
           if constexpr (LOG) {
             return ((gv - exp_nonpos(yv) * Vec(dot)) * Vec(scale)) & (yv != vmin);

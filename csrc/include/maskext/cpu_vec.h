@@ -115,6 +115,19 @@ inline void prefetch_row(const T* p, int64_t n) {
   }
 }
 
+// Prefetches the masked keys p[0, n) that a read stream jumps over to the
+// next row, when they are at most 2 KiB: the hardware prefetcher fetches a
+// short gap anyway, but the jump costs its stream (a standalone loop like the
+// backward's, 32768 fp32 rows of 512 keys, huge pages, one thread: 384 or 256
+// visible keys took 23 ms against 18 for all 512; with the gap prefetched
+// 16-17 ms). Longer gaps are cheaper skipped than read (rows of 2048 keys,
+// 1024 visible: 16.6 ms skipped, 18.5 bridged).
+template <typename T>
+inline void bridge_gap(const T* p, int64_t n) {
+  constexpr int64_t kMaxBytes = 2048;
+  if (n > 0 && n * static_cast<int64_t>(sizeof(T)) <= kMaxBytes) prefetch_row(p, n);
+}
+
 // exp(v) for v <= 0 (scores minus their row max), for the softmax kernels.
 // float on AVX2: inlined, n = round(v / ln 2), r = v - n ln 2 in two parts,
 // exp(r) by Cephes' degree-6 polynomial on [-ln2/2, ln2/2] (~1 ulp), times 2^n
