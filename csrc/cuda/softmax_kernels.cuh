@@ -75,6 +75,46 @@ struct MaxSum {
   }
 };
 
+// The score of an input v: scale * v, then softcap * tanh(. / softcap) when
+// softcap > 0 (Gemma 2). One definition for the general and split kernels.
+template <typename acc_t>
+struct ScoreFn {
+  acc_t scale, softcap, inv_cap;
+  __device__ __forceinline__ explicit ScoreFn(const SoftmaxArgs& a)
+      : scale(static_cast<acc_t>(a.scale)),
+        softcap(static_cast<acc_t>(a.softcap)),
+        inv_cap(a.softcap > 0 ? static_cast<acc_t>(1.0 / a.softcap) : acc_t(0)) {}
+  __device__ __forceinline__ acc_t operator()(acc_t v) const {
+    const acc_t z = v * scale;
+    return softcap > acc_t(0) ? softcap * tanh(z * inv_cap) : z;
+  }
+};
+
+// Pass 2 of the general and split kernels: the output for a score z from
+// the row's (max, sum), sink included. A NaN or +inf score (s NaN or m +inf)
+// makes every visible output NaN, as torch.softmax and the CPU kernel; masked
+// positions (-inf) keep the masked value (0, or finfo(T).min for LOG).
+template <typename T, typename acc_t, bool LOG>
+struct FinishFn {
+  acc_t m, inv, lse, bias_min;
+  __device__ __forceinline__ explicit FinishFn(const MaxSum<acc_t>& ms)
+      : m(ms.m), bias_min(static_cast<acc_t>(std::numeric_limits<T>::lowest())) {
+    const bool poisoned = ms.m == std::numeric_limits<acc_t>::infinity() || ms.s != ms.s;
+    const acc_t qnan = std::numeric_limits<acc_t>::quiet_NaN();
+    inv = poisoned ? qnan : acc_t(1) / ms.s;
+    lse = poisoned ? qnan : ms.m + log(ms.s);
+  }
+  __device__ __forceinline__ acc_t operator()(acc_t z) const {
+    if constexpr (LOG) {
+      if (z == -std::numeric_limits<acc_t>::infinity()) return bias_min;
+      const acc_t v = z - lse;  // below finfo.min becomes finfo.min; NaN stays NaN
+      return v < bias_min ? bias_min : v;
+    } else {
+      return z == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : fast_exp(z - m) * inv;
+    }
+  }
+};
+
 // Reduction over the THREADS threads of one row. THREADS == 32: a warp;
 // otherwise the whole block (every thread must call it).
 template <int THREADS, typename acc_t>
@@ -119,6 +159,15 @@ __device__ __forceinline__ RowPos split_row(const SoftmaxArgs& a, int64_t r) {
   return {t / a.H, t % a.H, r % a.Tq};
 }
 
+// A row's attention sink joins its (max, sum) as one more score.
+template <typename acc_t>
+__device__ __forceinline__ void merge_sink(MaxSum<acc_t>& ms, const SoftmaxArgs& a, const RowPos& p) {
+  if (a.sinks != nullptr) {
+    ms.merge(static_cast<const acc_t*>(a.sinks)[p.b * a.ss[0] + p.h * a.ss[1] + p.i * a.ss[2]],
+             acc_t(1));
+  }
+}
+
 __device__ __forceinline__ bool same_alignment(const void* p, const void* q) {
   return (reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(q)) % 16 == 0;
 }
@@ -139,11 +188,7 @@ __global__ void __launch_bounds__(BLOCK, 1) softmax_forward_kernel(SoftmaxArgs a
   const T* x = static_cast<const T*>(a.x);
   const T* bias = static_cast<const T*>(a.bias);
   T* out = static_cast<T*>(a.out);
-  const acc_t scale = static_cast<acc_t>(a.scale);
-  const acc_t softcap = static_cast<acc_t>(a.softcap);
-  const acc_t inv_cap = a.softcap > 0 ? static_cast<acc_t>(1.0 / a.softcap) : acc_t(0);
-  // The score of a scaled input: softcap * tanh(v / softcap) when softcap > 0.
-  auto cap = [&](acc_t v) -> acc_t { return softcap > acc_t(0) ? softcap * tanh(v * inv_cap) : v; };
+  const ScoreFn<acc_t> sc(a);
   const acc_t bias_min = static_cast<acc_t>(std::numeric_limits<T>::lowest());
   const T masked = LOG ? std::numeric_limits<T>::lowest() : T(0);
   const int tid = threadIdx.x % THREADS;
@@ -164,7 +209,7 @@ __global__ void __launch_bounds__(BLOCK, 1) softmax_forward_kernel(SoftmaxArgs a
     const int64_t mo = p.b * a.ms[0] + p.h * a.ms[1] + p.i * a.ms[2];
     const int64_t bo = p.b * a.bs[0] + p.h * a.bs[1] + p.i * a.bs[2];
     auto score = [&](int64_t j) -> acc_t {
-      acc_t z = cap(static_cast<acc_t>(xr[j]) * scale);
+      acc_t z = sc(static_cast<acc_t>(xr[j]));
       if constexpr (GENERAL) {
         if (a.mask != nullptr && !a.mask[mo + j * a.ms[3]]) return kNegInf;
         if (bias != nullptr) {
@@ -189,7 +234,7 @@ __global__ void __launch_bounds__(BLOCK, 1) softmax_forward_kernel(SoftmaxArgs a
                      [&](int64_t k) {
                        const Pack pk = *reinterpret_cast<const Pack*>(xr + lo + k);
 #pragma unroll
-                       for (int e = 0; e < VEC; ++e) ms.add(cap(static_cast<acc_t>(pk.v[e]) * scale));
+                       for (int e = 0; e < VEC; ++e) ms.add(sc(static_cast<acc_t>(pk.v[e])));
                      });
     }
     ms = row_reduce<THREADS>(ms);
@@ -198,28 +243,8 @@ __global__ void __launch_bounds__(BLOCK, 1) softmax_forward_kernel(SoftmaxArgs a
       cuda::fill(o + lo, n, masked, tid, THREADS);
       continue;
     }
-    if (a.sinks != nullptr) {  // the sink joins the normaliser as one more score
-      ms.merge(static_cast<const acc_t*>(a.sinks)[p.b * a.ss[0] + p.h * a.ss[1] + p.i * a.ss[2]],
-               acc_t(1));
-    }
-
-    // Pass 2: normalise. A NaN or +inf score (s NaN or m +inf) makes every
-    // visible output NaN, as torch.softmax and the CPU kernel; masked
-    // positions (-inf) keep the masked value.
-    const bool poisoned = ms.m == -kNegInf || ms.s != ms.s;
-    const acc_t qnan = std::numeric_limits<acc_t>::quiet_NaN();
-    const acc_t inv = poisoned ? qnan : acc_t(1) / ms.s;
-    const acc_t lse = poisoned ? qnan : ms.m + log(ms.s);
-    const acc_t m = ms.m;
-    auto finish = [&](acc_t z) -> acc_t {
-      if constexpr (LOG) {
-        if (z == kNegInf) return bias_min;
-        const acc_t v = z - lse;  // below finfo.min becomes finfo.min; NaN stays NaN
-        return v < bias_min ? bias_min : v;
-      } else {
-        return z == kNegInf ? acc_t(0) : fast_exp(z - m) * inv;
-      }
-    };
+    merge_sink(ms, a, p);
+    const FinishFn<T, acc_t, LOG> finish(ms);  // pass 2: normalise
     // Stores follow the output's alignment (128 bits between a scalar head and
     // tail); the scores come in 16-byte loads when x shares that alignment,
     // one by one otherwise.
@@ -232,7 +257,7 @@ __global__ void __launch_bounds__(BLOCK, 1) softmax_forward_kernel(SoftmaxArgs a
           if (xvec) {
             cuda::unpack16<T>(*reinterpret_cast<const uint4*>(xr + lo + k), res);
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) res[e] = finish(cap(res[e] * scale));
+            for (int e = 0; e < VEC; ++e) res[e] = finish(sc(res[e]));
           } else {
 #pragma unroll
             for (int e = 0; e < VEC; ++e) res[e] = finish(score(lo + k + e));
@@ -926,9 +951,7 @@ __global__ void __launch_bounds__(kSplitBlock, 1) softmax_split_stats_kernel(Sof
   const SplitSeg g = split_seg(a, p, seg_len);
   const int64_t j0 = g.lo > g.s0 ? g.lo : g.s0, j1 = g.hi < g.s1 ? g.hi : g.s1;
   const T* xr = static_cast<const T*>(a.x) + p.b * a.xs[0] + p.h * a.xs[1] + p.i * a.xs[2];
-  const float scale = static_cast<float>(a.scale), softcap = static_cast<float>(a.softcap);
-  const float inv_cap = a.softcap > 0 ? static_cast<float>(1.0 / a.softcap) : 0.f;
-  auto score = [&](float v) { return softcap > 0.f ? softcap * tanhf(v * scale * inv_cap) : v * scale; };
+  const ScoreFn<float> score(a);
   MaxSum<float> ms{-std::numeric_limits<float>::infinity(), 0.f};
   if (j1 > j0) {
     cuda::vec_loop(xr + j0, j1 - j0, threadIdx.x, kSplitBlock,
@@ -957,7 +980,6 @@ __global__ void __launch_bounds__(kSplitBlock, 1) softmax_split_write_kernel(Sof
   T* o = static_cast<T*>(a.out) + r * a.Tk;
   const T* xr = static_cast<const T*>(a.x) + p.b * a.xs[0] + p.h * a.xs[1] + p.i * a.xs[2];
   const T masked = LOG ? std::numeric_limits<T>::lowest() : T(0);
-  const float bias_min = static_cast<float>(std::numeric_limits<T>::lowest());
   // The segment's masked keys: [s0, lo) and [hi, s1), where not empty.
   const int64_t j0 = g.lo > g.s0 ? g.lo : g.s0, j1 = g.hi < g.s1 ? g.hi : g.s1;
   const int64_t head_end = g.lo < g.s1 ? g.lo : g.s1, tail_start = g.hi > g.s0 ? g.hi : g.s0;
@@ -974,31 +996,14 @@ __global__ void __launch_bounds__(kSplitBlock, 1) softmax_split_write_kernel(Sof
     cuda::fill(o + j0, j1 - j0, masked, tid, kSplitBlock);
     return;
   }
-  if (a.sinks != nullptr) {  // the sink joins the normaliser as one more score
-    ms.merge(static_cast<const float*>(a.sinks)[p.b * a.ss[0] + p.h * a.ss[1] + p.i * a.ss[2]], 1.f);
-  }
-  // As the general kernel's second pass: a NaN or +inf score makes every
-  // visible output NaN; masked positions (-inf) keep the masked value.
-  const bool poisoned = ms.m == -kNegInf || ms.s != ms.s;
-  const float qnan = std::numeric_limits<float>::quiet_NaN();
-  const float inv = poisoned ? qnan : 1.f / ms.s;
-  const float lse = poisoned ? qnan : ms.m + logf(ms.s);
-  const float scale = static_cast<float>(a.scale), softcap = static_cast<float>(a.softcap);
-  const float inv_cap = a.softcap > 0 ? static_cast<float>(1.0 / a.softcap) : 0.f;
-  auto finish = [&](float v) -> float {
-    const float z = softcap > 0.f ? softcap * tanhf(v * scale * inv_cap) : v * scale;
-    if constexpr (LOG) {
-      if (z == kNegInf) return bias_min;
-      const float y = z - lse;  // below finfo.min becomes finfo.min; NaN stays NaN
-      return y < bias_min ? bias_min : y;
-    } else {
-      return z == kNegInf ? 0.f : fast_exp(z - ms.m) * inv;
-    }
-  };
+  merge_sink(ms, a, p);
+  const ScoreFn<float> score(a);
+  const FinishFn<T, float, LOG> finish(ms);
+  auto out = [&](float v) { return finish(score(v)); };
   const bool xvec = same_alignment(xr + j0, o + j0);
   cuda::vec_loop(
       o + j0, j1 - j0, tid, kSplitBlock,
-      [&](int64_t k) { o[j0 + k] = static_cast<T>(finish(static_cast<float>(xr[j0 + k]))); },  // [edge]
+      [&](int64_t k) { o[j0 + k] = static_cast<T>(out(static_cast<float>(xr[j0 + k]))); },  // [edge]
       [&](int64_t k) {
         float res[Vec16<T>::N];
         if (xvec) {
@@ -1008,7 +1013,7 @@ __global__ void __launch_bounds__(kSplitBlock, 1) softmax_split_write_kernel(Sof
           for (int e = 0; e < Vec16<T>::N; ++e) res[e] = static_cast<float>(xr[j0 + k + e]);
         }
 #pragma unroll
-        for (int e = 0; e < Vec16<T>::N; ++e) res[e] = finish(res[e]);
+        for (int e = 0; e < Vec16<T>::N; ++e) res[e] = out(res[e]);
         cuda::store16<T>(o + j0 + k, res);
       });
 }
