@@ -81,6 +81,23 @@ def test_pooling_low_precision(device, dtype):
         torch.testing.assert_close(got, want, atol=0.05, rtol=0.02)
 
 
+@pytest.mark.parametrize("feat", [1, 2, 5, 32, 70])
+def test_pooling_long_steps_every_width(device, feat):
+    # The CUDA kernel splits the steps over up to 256 slices and the features
+    # over tiles of up to 32 columns (a partial last tile at 5 and 70): every
+    # slice count, tile edge, empty and full row, and a NaN that max must keep.
+    B, T = 5, 700
+    x = torch.randn(B, 2, T, feat, device=device)
+    L = torch.tensor([0, T, 1, 333, 699], device=device)
+    x[3, 1, 200, feat - 1] = float("nan")  # visible (200 < 333)
+    x[4, 0, 699, 0] = float("nan")  # padding (699 >= 699): must not show
+    for name in ("sum", "mean", "max"):
+        got = getattr(maskext, f"masked_{name}")(x, L, dim=2)
+        want = getattr(R, f"masked_{name}")(x, L, dim=2)
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5, equal_nan=True)
+        assert got[3, 1, feat - 1].isnan() and not got[4].isnan().any() and (got[0] == 0).all()
+
+
 def test_pooling_empty_sequences(device):
     x = torch.randn(3, 4, 2, device=device)
     L = torch.tensor([0, 4, 1], device=device)
