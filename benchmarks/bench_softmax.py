@@ -4,8 +4,10 @@ torch._masked_softmax vs torch.compile of the eager code vs a plain copy.
     python benchmarks/bench_softmax.py [--device cpu|cuda] [--threads N] [--full] [--dtypes L] [--shapes L] [--out DIR]
 
 Lengths are uniform in [Tk/2, Tk] ("padded"), all Tk ("full"), or padded plus
-causal ("causal+padded", Tq == Tk). Every provider's output is checked against
-maskext's before it is timed.
+causal ("causal+padded", Tq == Tk); "mask" (forward, a few shapes) is the
+padded case with maskext given the bool mask instead of the lengths (its
+mask/bias path). Every provider's output is checked against maskext's before
+it is timed.
 """
 import argparse
 import math
@@ -38,10 +40,17 @@ CPU_SHAPES = [(8, 8, 512, 512), (16, 8, 1, 4096), (2, 2, 64, 64)]
 CPU_SHAPES_FULL = CPU_SHAPES + [(4, 8, 1000, 1000), (64, 8, 128, 128)]
 
 
+# "mask": the padded case given as a bool mask (B, 1, 1, Tk) instead of
+# lengths (maskext's mask/bias kernel path); forward only, a few shapes.
+MASK_SHAPES = [(16, 16, 1024, 1024), (2, 16, 4096, 4096), (8, 8, 512, 512)]
+
+
 def _variants(shape):
     out = ["full", "padded"]
     if shape[2] == shape[3]:
         out.append("causal+padded")
+    if shape in MASK_SHAPES:
+        out.append("mask")
     return out
 
 
@@ -56,6 +65,8 @@ def _inputs(shape, dtype, variant, device):
     keep = (torch.arange(Tk, device=device) < L[:, None])[:, None, None, :]
     if causal:
         keep = keep & torch.ones(Tq, Tk, dtype=torch.bool, device=device).tril(Tk - Tq)
+    if variant == "mask":
+        L = None  # maskext gets `keep` itself
     return x, L, causal, keep
 
 
@@ -99,9 +110,10 @@ def forward_providers(x, L, causal, keep):
     y = torch.empty_like(x)
     keep_full = keep.expand_as(x)
     compiled = torch.compile(_eager, dynamic=False)
-    ref = maskext.masked_softmax(x, lengths=L, causal=causal)
+    kw = dict(lengths=L, causal=causal) if L is not None else dict(mask=keep)
+    ref = maskext.masked_softmax(x, **kw)
     fns = {
-        "maskext": lambda: maskext.masked_softmax(x, lengths=L, causal=causal),
+        "maskext": lambda: maskext.masked_softmax(x, **kw),
         "eager": lambda: _eager(x, keep),
         "torch._masked_softmax": lambda: torch._masked_softmax(x, ~keep_full, -1, 2),
         "torch.compile": lambda: compiled(x, keep),
@@ -147,9 +159,10 @@ def run(device="cpu", full=False, dtypes=None, shapes=None, out_dir=common.OUT_D
     # Most telling first (results are written after every case, so a sweep cut
     # short by a time limit still has them): forward before backward, padded
     # before causal before unpadded.
-    order = {"padded": 0, "causal+padded": 1, "full": 2}
+    order = {"padded": 0, "causal+padded": 1, "full": 2, "mask": 3}
     plan = [(s, d, v, pas) for pas in ("forward", "backward") for d in dtypes
-            for v in sorted(order, key=order.get) for s in shapes if v in _variants(s)]
+            for v in sorted(order, key=order.get) for s in shapes if v in _variants(s)
+            and not (v == "mask" and pas == "backward")]
     if device == "cpu" and not full:  # keep the CPU demo short: no full-length rows
         plan = [p for p in plan if p[2] != "full"]
     env = common.env_info(device)

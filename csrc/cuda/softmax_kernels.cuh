@@ -172,8 +172,8 @@ __device__ __forceinline__ bool same_alignment(const void* p, const void* q) {
   return (reinterpret_cast<uintptr_t>(p) - reinterpret_cast<uintptr_t>(q)) % 16 == 0;
 }
 
-// GENERAL: a mask tensor and/or a bias is present (scalar loads); otherwise
-// the scores are read with 16-byte loads. LOG: log-softmax, whose masked
+// GENERAL: a mask tensor and/or a bias is present; otherwise pass 1 reads the
+// scores in x's own 16-byte alignment. LOG: log-softmax, whose masked
 // positions are finfo(dtype).min (exp of them is exactly 0).
 // __launch_bounds__(BLOCK, 1) here and in the backward: with (BLOCK) alone
 // ptxas kept these kernels at 64 registers and spilled (the log-softmax
@@ -219,6 +219,50 @@ __global__ void __launch_bounds__(BLOCK, 1) softmax_forward_kernel(SoftmaxArgs a
       }
       return z;
     };
+    // The scores of the VEC keys from lo + k, a 16-byte chunk of the output
+    // row: x, the bias and the mask each in one vector load where its row is
+    // contiguous and shares the output's alignment, key by key otherwise.
+    const bool xvec = same_alignment(xr + lo, o + lo);
+    const bool bvec = GENERAL && bias != nullptr && a.bs[3] == 1 &&
+                      same_alignment(bias + bo + lo, o + lo);
+    const bool mvec = GENERAL && a.mask != nullptr && a.ms[3] == 1 &&
+                      reinterpret_cast<uintptr_t>(a.mask + mo + lo) % VEC ==
+                          reinterpret_cast<uintptr_t>(o + lo) / sizeof(T) % VEC;
+    auto chunk_scores = [&](int64_t k, acc_t(&z)[VEC]) {
+      const int64_t j = lo + k;
+      if (xvec) {
+        cuda::unpack16<T>(*reinterpret_cast<const uint4*>(xr + j), z);
+      } else {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) z[e] = static_cast<acc_t>(xr[j + e]);
+      }
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) z[e] = sc(z[e]);
+      if constexpr (GENERAL) {
+        if (bias != nullptr) {
+          acc_t bv[VEC];
+          if (bvec) {
+            cuda::unpack16<T>(*reinterpret_cast<const uint4*>(bias + bo + j), bv);
+          } else {
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) bv[e] = static_cast<acc_t>(bias[bo + (j + e) * a.bs[3]]);
+          }
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) z[e] = bv[e] <= bias_min ? kNegInf : z[e] + bv[e];
+        }
+        if (a.mask != nullptr) {
+          bool keep[VEC];
+          if (mvec) {
+            cuda::load_flags<VEC>(a.mask + mo + j, keep);
+          } else {
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) keep[e] = a.mask[mo + (j + e) * a.ms[3]];
+          }
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) z[e] = keep[e] ? z[e] : kNegInf;
+        }
+      }
+    };
     if (active) {
       cuda::fill(o, lo, masked, tid, THREADS);
       cuda::fill(o + hi, a.Tk - hi, masked, tid, THREADS);
@@ -227,8 +271,14 @@ __global__ void __launch_bounds__(BLOCK, 1) softmax_forward_kernel(SoftmaxArgs a
 
     // Pass 1: running max and sum.
     MaxSum<acc_t> ms{kNegInf, acc_t(0)};
-    if (GENERAL) {
-      for (int64_t j = lo + tid; j < hi; j += THREADS) ms.add(score(j));
+    if (GENERAL) {  // chunked as the output, as pass 2
+      cuda::vec_loop(o + lo, n, tid, THREADS, [&](int64_t k) { ms.add(score(lo + k)); },  // [edge]
+                     [&](int64_t k) {
+                       acc_t z[VEC];
+                       chunk_scores(k, z);
+#pragma unroll
+                       for (int e = 0; e < VEC; ++e) ms.add(z[e]);
+                     });
     } else {
       cuda::vec_loop(xr + lo, n, tid, THREADS, [&](int64_t k) { ms.add(score(lo + k)); },
                      [&](int64_t k) {
@@ -246,22 +296,15 @@ __global__ void __launch_bounds__(BLOCK, 1) softmax_forward_kernel(SoftmaxArgs a
     merge_sink(ms, a, p);
     const FinishFn<T, acc_t, LOG> finish(ms);  // pass 2: normalise
     // Stores follow the output's alignment (128 bits between a scalar head and
-    // tail); the scores come in 16-byte loads when x shares that alignment,
-    // one by one otherwise.
-    const bool xvec = !GENERAL && same_alignment(xr + lo, o + lo);
+    // tail), the loads too where they can (chunk_scores).
     cuda::vec_loop(
         o + lo, n, tid, THREADS,
         [&](int64_t k) { o[lo + k] = static_cast<T>(finish(score(lo + k))); },  // [edge]
         [&](int64_t k) {
           acc_t res[VEC];
-          if (xvec) {
-            cuda::unpack16<T>(*reinterpret_cast<const uint4*>(xr + lo + k), res);
+          chunk_scores(k, res);
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) res[e] = finish(sc(res[e]));
-          } else {
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) res[e] = finish(score(lo + k + e));
-          }
+          for (int e = 0; e < VEC; ++e) res[e] = finish(res[e]);
           cuda::store16<T>(o + lo + k, res);
         });
   }

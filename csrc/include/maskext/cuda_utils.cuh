@@ -161,6 +161,24 @@ __device__ __forceinline__ void vec_loop(const T* p, int64_t n, int tid, int nth
   for (int64_t k = head + nvec * VEC + tid; k < n; k += nthreads) scalar(k);
 }
 
+// N consecutive bools (N = 1, 2, 4 or 8, p aligned to N bytes) in one load.
+template <int N>
+__device__ __forceinline__ void load_flags(const bool* p, bool (&f)[N]) {
+  static_assert(N == 1 || N == 2 || N == 4 || N == 8, "load_flags: 1, 2, 4 or 8 bools");
+  uint64_t bits;
+  if constexpr (N == 8) {
+    bits = *reinterpret_cast<const unsigned long long*>(p);
+  } else if constexpr (N == 4) {
+    bits = *reinterpret_cast<const uint32_t*>(p);
+  } else if constexpr (N == 2) {
+    bits = *reinterpret_cast<const uint16_t*>(p);
+  } else {
+    bits = *reinterpret_cast<const uint8_t*>(p);
+  }
+#pragma unroll
+  for (int i = 0; i < N; ++i) f[i] = ((bits >> (8 * i)) & 0xff) != 0;
+}
+
 // Writes `value` to p[0:n) with 16-byte stores where aligned.
 template <typename T>
 __device__ __forceinline__ void fill(T* p, int64_t n, T value, int tid, int nthreads) {
