@@ -112,6 +112,29 @@ def test_broadcast_masks_and_biases(device, mshape):
     check(x, bias=bias, lengths=rand_lengths(4, 33, device))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_mask_and_bias_layouts(device, dtype):
+    # The CUDA mask/bias path loads x, the bias and the mask a 16-byte chunk
+    # of the output at a time (8 or 4 bools in one load) where a row is
+    # contiguous and aligned as the output, key by key otherwise: aligned,
+    # offset by one or three keys, strided and broadcast rows, mixed.
+    B, H, Tq, Tk = 3, 2, 5, 203
+    base = torch.randn(B, H, Tq, Tk + 5, device=device).to(dtype) * 3
+    xs = [base[..., :Tk], base[..., 3:Tk + 3]]
+    mt = torch.rand(B, 1, Tk, Tq, device=device) > 0.3
+    mo = torch.rand(B, 1, Tq, Tk + 1, device=device) > 0.3
+    masks = [None, mt.transpose(-1, -2), mo[..., 1:], mo[..., :Tk], mo[:, :, :1, 1:]]
+    bo = torch.randn(1, H, Tq, Tk + 2, device=device).to(dtype)
+    bs = torch.randn(Tq, 2 * Tk, device=device).to(dtype)
+    biases = [None, bo[..., :Tk], bo[..., 1:Tk + 1], bs[:, ::2]]
+    L = torch.tensor([Tk, 150, 7], device=device)
+    for x in xs:
+        for mask in masks:
+            for bias in biases:
+                if mask is not None or bias is not None:
+                    check(x, mask=mask, bias=bias, lengths=L)
+
+
 def test_bias_masks_with_min_and_inf(device):
     x = torch.randn(2, 3, 7, device=device)
     bias = torch.zeros(2, 3, 7, device=device)
