@@ -78,7 +78,7 @@ void fill_padding_inplace_cuda(at::Tensor& x, const at::Tensor& lengths,
 }
 
 // Pooling: a block of kPoolThreads per tile of C columns i of one (b, m),
-// C = the power of two nearest above I up to 32; its 256 / C slices stride
+// C = the least power of two >= I, at most 32; its 256 / C slices stride
 // over the real steps [lo, hi), so consecutive threads read consecutive
 // elements (I = 1: a whole block along one row; I >= 32: a warp along 32
 // columns of one step), and then reduce the slices in shared memory. (One

@@ -35,15 +35,15 @@ const acc_t* to_acc(const scalar_t* src, acc_t* buf, int64_t n) {
 }
 
 // Row tails without partial vectors. at::vec's loadu(p, count) and store(p,
-// count) are AVX2 masked moves (vmaskmovps), ~5 ns each more than plain moves
-// on this Zen 3, and a softmax row has ~6 of them: on small inputs that was a
-// fifth of the time ((2,2,64,64) fp32, one thread, A/B min of 8 runs: forward
-// 24.0 -> 18.9 us, backward 11.4 -> 8.7 us). For n >= V the tail is instead the
-// full vector ending at n, [n - V, n), which overlaps the body: maps compute it
-// before the body (so dst may alias src) and store it after, writing the
-// overlapped lanes twice with the same value; reductions that must count each
-// lane once keep only its last m lanes (last_lanes). Rows shorter than V keep
-// the masked moves.
+// count) are AVX2 masked moves (vmaskmovps): ~5 ns more than plain moves per
+// load-store pair on this Zen 3, and a softmax row has ~6 of them; on small
+// inputs that was a fifth of the time ((2,2,64,64) fp32, one thread, A/B min
+// of 8 runs: forward 24.0 -> 18.9 us, backward 11.4 -> 8.7 us). For n >= V the
+// tail is instead the full vector ending at n, [n - V, n), which overlaps the
+// body: maps compute it before the body (so dst may alias src) and store it
+// after, writing the overlapped lanes twice with the same value; reductions
+// that must count each lane once keep only its last m lanes (last_lanes).
+// Rows shorter than V keep the masked moves.
 
 // kBytes zero bytes, then kBytes 0xff bytes: last_lanes' masks are windows of it.
 template <int64_t kBytes>
