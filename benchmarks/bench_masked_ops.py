@@ -58,8 +58,9 @@ def cases_for(device):
     big = device == "cuda"
     seq = (64, 2048, 1024) if big else (16, 512, 256)     # (B, T, D)
     att = (16, 16, 1024, 1024) if big else (4, 8, 256, 256)
+    long_steps = (16, 16384, 8) if big else (8, 4096, 4)  # pooling: few columns, long rows
     return [("fill_padding", seq), ("sigmoid_gate", seq), ("masked_mean", seq),
-            ("masked_max", seq), ("masked_log_softmax", att)]
+            ("masked_max", seq), ("masked_log_softmax", att), ("masked_mean", long_steps)]
 
 
 def build(op, shape, device, dtype):
@@ -104,6 +105,8 @@ def run(device="cpu", out_dir=common.OUT_DIR, min_run_time=0.5):
         for p in PROVIDERS:
             case.times[p] = common.time_ms(fns[p], device, min_run_time)
         cases.append(case)
+        # Written after every case, so a run cut short still leaves its results.
+        common.write_results(f"masked_ops_{device}", cases, PROVIDERS, "floor", env, out_dir, plot=False)
     return common.write_results(f"masked_ops_{device}", cases, PROVIDERS, "floor", env, out_dir)
 
 

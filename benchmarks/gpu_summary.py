@@ -44,8 +44,9 @@ def _fmt(v):
 
 def headline(rows):
     """Per dtype, one line per shape: maskext / floor (forward full, padded,
-    causal+padded; backward padded), eager / maskext and compile / maskext
-    (forward padded; > 1: maskext is faster)."""
+    causal+padded, mask (the padded rows as a bool mask); backward padded),
+    eager / maskext and compile / maskext (forward padded; > 1: maskext is
+    faster)."""
     def ratio(key, num, den):
         t = rows.get(key, {})
         a, b = t.get(num), t.get(den)
@@ -56,7 +57,7 @@ def headline(rows):
     for k in rows:
         if k[1] not in shapes:
             shapes.append(k[1])
-    head = (f"{'shape':>18} | fwd full  pad  causal  (x floor) | eager/mx compile/mx (pad) "
+    head = (f"{'shape':>18} | fwd full  pad  causal  mask (x floor) | eager/mx compile/mx (pad) "
             f"| bwd pad x floor")
     for dt in dtypes:
         lines.append(f"-- {dt}")
@@ -67,7 +68,8 @@ def headline(rows):
                 continue
             lines.append(
                 f"{sh:>18} | {_fmt(ratio(f('full'), 'maskext', 'copy'))} {_fmt(ratio(f('padded'), 'maskext', 'copy'))}"
-                f" {_fmt(ratio(f('causal+padded'), 'maskext', 'copy'))}           |"
+                f" {_fmt(ratio(f('causal+padded'), 'maskext', 'copy'))} {_fmt(ratio(f('mask'), 'maskext', 'copy'))}"
+                f"           |"
                 f"   {_fmt(ratio(f('padded'), 'eager', 'maskext'))}    {_fmt(ratio(f('padded'), 'torch.compile', 'maskext'))}"
                 f"       | {_fmt(ratio(('backward', sh, dt, 'padded'), 'maskext', 'copy'))}")
     return lines
