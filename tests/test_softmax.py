@@ -620,11 +620,12 @@ def test_exp_over_its_whole_range(device, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_every_row_length_on_every_path(device, dtype):
-    # A causal 40x40 mask gives visible lengths 1..40, one row each: shorter than a vector, one vector, a vector and a tail, ... The
-    # CPU kernels handle a row's last n % V keys as a vector overlapping the
-    # body (written twice, counted once); each path (direct, through the score
-    # buffer with bias or softcap, log-softmax; forward and backward) must get
-    # every length right, with the masked keys exactly 0.
+    # A causal 40x40 mask gives visible lengths 1..40, one row each: shorter
+    # than a vector, one vector, a vector and a tail, ... The CPU kernels
+    # handle a row's last n % V keys as a vector overlapping the body (written
+    # twice, counted once); each path (direct, through the score buffer with
+    # bias or softcap, log-softmax; forward and backward) must get every
+    # length right, with the masked keys exactly 0.
     T = 40
     x = (torch.randn(2, 3, T, T, device=device, dtype=dtype) * 3).requires_grad_()
     dy = torch.randn(2, 3, T, T, device=device, dtype=dtype)
