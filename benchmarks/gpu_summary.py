@@ -98,6 +98,17 @@ def ncu_lines(text):
             f"occupancy {k.get('occ', '?')}, {k.get('regs', '?')} regs" for k in out]
 
 
+def _steps(text):
+    """steps.txt as (step name, its first result line), in order."""
+    out = []
+    for ln in text.splitlines():
+        if ln.startswith("== "):
+            out.append([re.sub(r" \(\d\d:\d\d:\d\d, \d+s\)$", "", ln[3:]), ""])
+        elif ln.strip().startswith("-> ") and out and not out[-1][1]:
+            out[-1][1] = ln.strip()[3:]
+    return [tuple(x) for x in out]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("log_dir")
@@ -114,8 +125,9 @@ def main():
     print("maskext GPU check" + (" -- DRY RUN on the CPU: no GPU result below" if a.dry_run else ""))
     print(f"device: {gpu.group(0).strip() if gpu else device or 'unknown'}; {torch_line}; {commit}")
     print(f"build {a.build_seconds} s; whole run {a.total_seconds} s")
+    steps = _steps(_read(os.path.join(d, "steps.txt")))
     print(f"robustness tests: {_last_line(os.path.join(d, 'tests_robustness.log'))}")
-    print(f"tests: {_last_line(os.path.join(d, 'tests.log'))}")
+    print(f"tests: {next((r for name, r in steps if name.startswith('tests')), 'not run')}")
     for tool in ("memcheck", "racecheck", "synccheck"):
         p = os.path.join(d, f"sanitizer_{tool}.log")
         if os.path.exists(p):
@@ -124,11 +136,9 @@ def main():
             verdict = (f"{errs.group(1)} errors" if errs else
                        "ok" if "sanitize_cases: ok" in text else "FAILED or cut short")
             print(f"sanitizer {tool}: {verdict}")
-    steps = _read(os.path.join(d, "steps.txt"))
-    bad = [ln.strip() for ln in steps.splitlines()
-           if "FAILED" in ln or "time budget spent" in ln or "FINDINGS" in ln]
-    for ln in bad:
-        print(f"step: {ln}")
+    for name, res in steps:
+        if any(w in res for w in ("FAILED", "TIME LIMIT", "time budget spent", "FINDINGS")):
+            print(f"step {name}: {res}")
     if rows:
         print("softmax: maskext time / copy floor (lower is better; < 1 is below a copy), and how")
         print("many times faster maskext is than eager and torch.compile:")

@@ -93,8 +93,10 @@ def test_cpu_argument_with_cuda_data_is_an_error(case):
 # ---------------------------------------------------------------- NaN
 
 @pytest.mark.parametrize("fn", ["masked_softmax", "masked_log_softmax"])
-@pytest.mark.parametrize("Tk", [6, 1500])  # on CUDA: a warp per row, a block per row
-@pytest.mark.parametrize("general", [False, True])  # with mask and bias: the general path
+# On CUDA, 6 and 1500 keys: the register tiers; 20000 fp32 keys: longer than
+# the tiers, the split rows without mask and bias, a block per row with them.
+@pytest.mark.parametrize("Tk", [6, 1500, 20000])
+@pytest.mark.parametrize("general", [False, True])  # with mask and bias tensors
 def test_nan_rule(device, fn, Tk, general):
     """A NaN (or +inf) visible score makes every visible output of its row NaN;
     masked positions keep their value (0, finfo.min); NaN where masked changes

@@ -405,15 +405,18 @@ def test_log_softmax_opcheck(device):
 
 # ---------------------------------------------------------------- CUDA register tiers
 
-def _tier(Tk, dtype, backward):
+def _tier(Tk, dtype, backward, general=False):
     """The register tier, (threads per row, 16-byte chunks per thread), that
-    csrc/cuda/softmax_kernels.cuh picks for rows of Tk keys, None for the general kernels;
-    mirrors tier_chunks, with_forward_tier and with_tier there."""
+    csrc/cuda/softmax_kernels.cuh picks for rows of Tk keys (general: with a mask
+    or bias tensor), None for the general kernels; mirrors tier_chunks,
+    with_forward_tier and with_tier there."""
     vec = 128 // torch.finfo(dtype).bits  # elements in 16 bytes
     need = Tk // vec if Tk % vec == 0 else (Tk + 2 * vec - 2) // vec
-    if not backward:  # with_forward_tier<MAXP>, MAXP = 16 for fp32, 8 for fp16 / bf16
+    if not backward:  # with_forward_tier<MAXP>: 16 for fp32 without mask or bias, else 8
         tiers = [(4, 1), (4, 2), (4, 4), (8, 4), (16, 4), (32, 4), (32, 8), (128, 4), (128, 8)]
-        tiers += [(128, 16), (256, 16)] if vec == 4 else [(256, 8), (512, 8)]
+        tiers += [(128, 16), (256, 16)] if vec == 4 and not general else [(256, 8), (512, 8)]
+        if general:  # kGeneralTierMaxChunks
+            tiers = [(g, p) for g, p in tiers if g * p <= 2048]
     else:  # with_tier<MAXP>, MAXP = 8 for fp32, 4 for fp16 / bf16
         maxp = 8 if vec == 4 else 4
         tiers = [(4, 1), (4, 2), (4, 4), (8, 4), (16, 4), (32, 4), (32, 8), (128, maxp),
@@ -425,12 +428,12 @@ def _tier(Tk, dtype, backward):
     return None
 
 
-def tier_edges(dtype, backward):
+def tier_edges(dtype, backward, general=False):
     """Every Tk where the kernel choice changes and the one after it (a tier's
     longest row, the next tier's or the general kernels' shortest), and short rows."""
     edges = {1, 2, 3, 8, 9}
     for Tk in range(1, 33000):
-        if _tier(Tk, dtype, backward) != _tier(Tk + 1, dtype, backward):
+        if _tier(Tk, dtype, backward, general) != _tier(Tk + 1, dtype, backward, general):
             edges |= {Tk, Tk + 1}
     return sorted(edges)
 
@@ -455,17 +458,22 @@ def _tier_inputs(Tk, dtype):
     return xs, kws
 
 
+def _check_softmax_and_log(x, **kw):
+    """masked_softmax and masked_log_softmax of x against the reference; the
+    log-softmax's masked positions exactly finfo.min."""
+    check(x, **kw)
+    got, want = maskext.masked_log_softmax(x, **kw), R.masked_log_softmax(x, **kw)
+    visible = R.masked_softmax(x.double(), **kw) > 0
+    assert (got[~visible] == torch.finfo(x.dtype).min).all(), (x.shape, kw)
+    atol = 1e-5 if x.dtype == torch.float32 else 0.06
+    torch.testing.assert_close(got[visible], want[visible], atol=atol, rtol=1e-2)
+
+
 def _check_forward_inputs(Tk, dtype):
-    """masked_softmax and masked_log_softmax on every input of _tier_inputs(Tk)
-    against the reference; returns those inputs."""
+    """_check_softmax_and_log on every input of _tier_inputs(Tk); returns those inputs."""
     xs, kws = _tier_inputs(Tk, dtype)
     for x, kw in itertools.product(xs, kws):
-        check(x, **kw)
-        got, want = maskext.masked_log_softmax(x, **kw), R.masked_log_softmax(x, **kw)
-        visible = R.masked_softmax(x.double(), **kw) > 0
-        assert (got[~visible] == torch.finfo(dtype).min).all(), (Tk, kw)
-        atol = 1e-5 if dtype == torch.float32 else 0.06
-        torch.testing.assert_close(got[visible], want[visible], atol=atol, rtol=1e-2)
+        _check_softmax_and_log(x, **kw)
     return xs
 
 
@@ -474,6 +482,31 @@ def _check_forward_inputs(Tk, dtype):
 def test_cuda_tier_forward(dtype):
     for Tk in tier_edges(dtype, backward=False):
         _check_forward_inputs(Tk, dtype)
+
+
+@_CUDA
+@pytest.mark.parametrize("dtype", _LOW)
+def test_cuda_tier_forward_mask_and_bias(dtype):
+    """The tiers with a mask and / or bias tensor (contiguous keys), at every
+    tier edge: mask and bias rows aligned as the output or not (a mask row
+    offset by one key, a broadcast mask, a bias view offset by one), finfo.min
+    and -inf in the bias, rows that the mask hides entirely, with lengths,
+    causal, softcap and sinks; softmax and log-softmax."""
+    for Tk in tier_edges(dtype, backward=False, general=True):
+        x = torch.randn(3, 2, 5, Tk, device="cuda").mul(3).to(dtype)
+        mo = torch.rand(3, 2, 5, Tk + 1, device="cuda") > 0.3
+        mo[1, 0, 2] = False  # a row that the mask hides
+        bo = torch.randn(2, 5, Tk + 1, device="cuda").to(dtype)
+        bo[0, 1, ::3] = torch.finfo(dtype).min
+        bo[1, 3, 1::4] = float("-inf")
+        L = torch.tensor([Tk, int(torch.randint(1, Tk + 1, ())), 0], device="cuda")
+        sinks = torch.randn(2, 1, device="cuda")
+        kws = [dict(mask=mo[..., :Tk]), dict(mask=mo[..., 1:], lengths=L),
+               dict(mask=mo[:, :1, :1, :Tk], bias=bo[..., 1:], causal=True, sinks=sinks),
+               dict(bias=bo[..., :Tk], softcap=2.0, scale=0.5),
+               dict(mask=mo[..., 1:], bias=bo[..., :Tk], lengths=L, sinks=sinks)]
+        for kw in kws:
+            _check_softmax_and_log(x, **kw)
 
 
 @_CUDA

@@ -1,10 +1,11 @@
 // CUDA masked softmax and log-softmax, forward and backward.
 //
 // Register tiers (below, "register tiers"): fp16 and bf16 rows of up to 32K
-// keys, fp32 rows of up to 16K (backward: 16K for all), without a mask or bias
-// tensor, are read once into registers.
-// General kernels, for everything else (mask / bias tensors, fp64, longer
-// rows): THREADS threads share one row, a warp for rows up to 1024 keys
+// keys, fp32 rows of up to 16K (backward: 16K for all; with a mask or bias
+// tensor, whose keys must be contiguous: 16K and 8K), are read once into
+// registers.
+// General kernels, for everything else (fp64, longer rows, strided mask /
+// bias keys): THREADS threads share one row, a warp for rows up to 1024 keys
 // (several rows per block), a whole block for longer rows; the visible
 // interval is read twice (an online max/sum pass, then the normalising pass,
 // which mostly hits L2). Everywhere only the visible interval [lo, hi) is read,
@@ -22,6 +23,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <algorithm>
 #include <limits>
 #include <type_traits>
 
@@ -407,8 +409,9 @@ __global__ void __launch_bounds__(BLOCK, 1) softmax_backward_kernel(SoftmaxArgs 
 
 // ------------------------------------------------------------ register tiers
 //
-// Fast path (no mask or bias tensor) for rows of up to 32K fp16 / bf16 keys
-// (16K fp32): G threads per row (tier A: G < 32, several rows per warp; tier
+// Fast path for rows of up to 32K fp16 / bf16 keys (16K fp32), the forward
+// with a mask or bias tensor too (GENERAL: half as long, keys contiguous): G
+// threads per row (tier A: G < 32, several rows per warp; tier
 // B: a warp; tier C: G = 128, 256 or 512, a block), each holding P 16-byte
 // chunks of the row in registers, so the row is read once: every 16-byte load
 // issued first, then the exact max, one exp per element, the sum, and 128-bit
@@ -434,13 +437,18 @@ constexpr int kTierMinBlocks = (P >= 16 ? 3 : 4) * 128 / kTierBlock<G> > 0
 // The forward holds no dy: its 1-, 2- and 4-chunk tiers fit 40, 48 and 72
 // registers without spilling (48, 40 and 28 warps per SM), where the compiler
 // left unasked took up to 42 and 74 (fewer warps, fewer bytes in flight).
-template <int P>
-constexpr int kTierForwardMinWarps = P == 1 ? 48 : P == 2 ? 40 : 28;
-template <int G, int P>
+// With a mask or bias tensor (GENERAL) the bias chunks and the packed flags
+// are live with the scores: at those warps per SM ptxas spilled 28-152 bytes
+// (kernel_report.py, 2026-11-27), so 64, 80 and 96 registers (32, 24 and 20
+// warps) and, for 8 chunks, the 16-chunk budget (168; kGeneralTierMaxChunks).
+template <int P, bool GENERAL>
+constexpr int kTierForwardMinWarps = GENERAL ? (P == 1 ? 32 : P == 2 ? 24 : 20)
+                                             : (P == 1 ? 48 : P == 2 ? 40 : 28);
+template <int G, int P, bool GENERAL>
 constexpr int kTierForwardMinBlocks =
-    P > 4 ? kTierMinBlocks<G, P>
-          : (kTierForwardMinWarps<P> * 32 / kTierBlock<G> > 0
-                 ? kTierForwardMinWarps<P> * 32 / kTierBlock<G>
+    P > 4 ? kTierMinBlocks<G, (GENERAL ? 16 : P)>
+          : (kTierForwardMinWarps<P, GENERAL> * 32 / kTierBlock<G> > 0
+                 ? kTierForwardMinWarps<P, GENERAL> * 32 / kTierBlock<G>
                  : 1);
 
 // Row r of the (B, H, Tq) rows as (b, h, i) by 32-bit multiply-high divisions
@@ -574,6 +582,32 @@ __device__ __forceinline__ void unpack_chunk(const RawRow<T, P>& raw, int k,
   cuda::unpack16<T>(make_uint4(raw.w[k][0], raw.w[k][1], raw.w[k][2], raw.w[k][3]), v);
 }
 
+// The mask's flags for the P chunks of a lane as bytes, byte e of keep[k] for
+// key e of chunk k (non-zero: visible), 0 outside [lo, hi): one VEC-byte load
+// per chunk inside [lo, hi) when the mask row (contiguous keys) is aligned
+// like the output row (vec), byte by byte otherwise. Packed, the flags take
+// P registers or 2P instead of P * VEC (which spilled).
+template <typename T, int G, int P>
+__device__ __forceinline__ void load_keep(const bool* __restrict__ src, int lo, int hi, bool vec,
+                                          int lane, int a0, uint64_t (&keep)[P]) {
+  constexpr int VEC = Vec16<T>::N;
+  static_assert(VEC == 4 || VEC == 8, "load_keep: 4 or 8 flags per chunk");
+  using Word = std::conditional_t<VEC == 8, unsigned long long, uint32_t>;
+#pragma unroll
+  for (int k = 0; k < P; ++k) {
+    const int p = (lane + G * k) * VEC - a0;
+    keep[k] = 0;
+    if (vec && lo <= p && p + VEC <= hi) {
+      keep[k] = __ldg(reinterpret_cast<const Word*>(src + p));
+    } else {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        if (lo <= p + e && p + e < hi && src[p + e]) keep[k] |= uint64_t(1) << (8 * e);
+      }
+    }
+  }
+}
+
 // One element of a row's scalar head or tail, converted by the caller: the
 // store keeps this [edge] line in the line table (converted on the store's
 // line, the store was charged to cuda_fp16.hpp's conversion).
@@ -618,8 +652,10 @@ __device__ __forceinline__ void store_row(T* __restrict__ o, int Tk, int lane, i
   store_row<T, G, P>(o, Tk, lane, a0, v, none, 0.f);
 }
 
-template <typename T, int G, int P, bool LOG>
-__global__ void __launch_bounds__(kTierBlock<G>, (kTierForwardMinBlocks<G, P>)) softmax_tier_forward_kernel(
+// GENERAL: a mask and/or bias tensor (contiguous keys, tier_chunks) joins
+// the scores as they are loaded, by the rule of the general kernel's `score`.
+template <typename T, int G, int P, bool LOG, bool GENERAL>
+__global__ void __launch_bounds__(kTierBlock<G>, (kTierForwardMinBlocks<G, P, GENERAL>)) softmax_tier_forward_kernel(
     SoftmaxArgs a, RowDiv d) {
   constexpr int VEC = Vec16<T>::N;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
@@ -637,6 +673,7 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kTierForwardMinBlocks<G, P>)) 
                              pos.i * a.xs[2];
   const int a0 = static_cast<int>(reinterpret_cast<uintptr_t>(o) / sizeof(T) % VEC);
   const float masked = LOG ? static_cast<float>(std::numeric_limits<T>::lowest()) : 0.f;
+  const float bias_min = static_cast<float>(std::numeric_limits<T>::lowest());
   float v[P][VEC];
   if (lo >= hi) {  // fully masked row: its masked values, nothing read
 #pragma unroll
@@ -695,6 +732,36 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kTierForwardMinBlocks<G, P>)) 
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
           if (lo <= p + e && p + e < hi) v[k][e] = cap2 * tanhf(v[k][e] * inv_cap2);
+        }
+      }
+    }
+    if constexpr (GENERAL) {
+      // Outside [lo, hi) the bias reads as 0 and the flags as false: -inf stays.
+      if (a.bias != nullptr) {  // z + bias, -inf where bias <= finfo.min
+        const T* br = static_cast<const T*>(a.bias) + pos.b * a.bs[0] + pos.h * a.bs[1] +
+                      pos.i * a.bs[2];
+        RawRow<T, P> raw;
+        load_row<T, G, P>(br, lo, hi, same_alignment(br, o), lane, a0, raw);
+#pragma unroll
+        for (int k = 0; k < P; ++k) {
+          if (out[k]) continue;
+          float bv[VEC];
+          unpack_chunk(raw, k, bv);
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) {
+            v[k][e] = bv[e] <= bias_min ? kNegInf : v[k][e] + bv[e] * static_cast<float>(kLog2e);
+          }
+        }
+      }
+      if (a.mask != nullptr) {
+        const bool* mr = a.mask + pos.b * a.ms[0] + pos.h * a.ms[1] + pos.i * a.ms[2];
+        uint64_t keep[P];
+        load_keep<T, G, P>(mr, lo, hi, reinterpret_cast<uintptr_t>(mr) % VEC == a0, lane, a0, keep);
+#pragma unroll
+        for (int k = 0; k < P; ++k) {
+          if (out[k]) continue;
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) v[k][e] = (keep[k] >> (8 * e)) & 0xff ? v[k][e] : kNegInf;
         }
       }
     }
@@ -855,8 +922,8 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kTierMinBlocks<G, P>)) softmax
 template <typename T>
 int64_t tier_chunks(const SoftmaxArgs& a, int64_t max_chunks) {
   constexpr int VEC = Vec16<T>::N;
-  if (a.mask != nullptr || a.bias != nullptr || a.rows() >= (int64_t(1) << 31) ||
-      reinterpret_cast<uintptr_t>(a.out) % 16 != 0) {
+  if ((a.mask != nullptr && a.ms[3] != 1) || (a.bias != nullptr && a.bs[3] != 1) ||
+      a.rows() >= (int64_t(1) << 31) || reinterpret_cast<uintptr_t>(a.out) % 16 != 0) {
     return 0;
   }
   const int64_t chunks = a.Tk % VEC == 0 ? a.Tk / VEC : (a.Tk + 2 * VEC - 2) / VEC;
@@ -932,6 +999,11 @@ void with_tier(int64_t chunks, F&& f) {
 // never with half their chunks idle, and 16 chunks per thread for long fp32
 // rows.
 constexpr int64_t kForwardTierMaxChunks = 4096;
+// With a mask or bias tensor, rows of up to 2048 chunks (16K fp16 / bf16
+// keys, 8K fp32) at 8 chunks per thread at most: the 16-chunk tiers and the
+// 512-thread one (128 registers at most) spilled 28-244 bytes; longer rows
+// take the general kernels.
+constexpr int64_t kGeneralTierMaxChunks = 2048;
 
 template <int MAXP, typename F>
 void with_forward_tier(int64_t chunks, F&& f) {
@@ -1061,13 +1133,34 @@ __global__ void __launch_bounds__(kSplitBlock, 1) softmax_split_write_kernel(Sof
       });
 }
 
-// Segments per row for the split kernels, 0 for none: only where the general
-// kernel's one block per row would leave SMs idle (fewer rows than 2 per SM),
-// about 4 blocks per SM in all, segments of at least 4096 keys.
-inline int split_count(const SoftmaxArgs& a) {
-  const int64_t rows = a.rows(), sms = cuda::sm_count();
-  if (a.Tk < 8192 || rows == 0 || rows >= 2 * sms || rows > 65535) return 0;
-  int64_t S = (4 * sms + rows - 1) / rows;
+// Blocks of the split kernels that one SM runs at once: the fewer of the two
+// kernels' (the write kernel's 62 registers allow 2 of 512 threads). Asked of
+// the runtime once per dtype and LOG (for the first device used: one
+// architecture per process).
+template <typename T, bool LOG>
+int split_blocks_per_sm() {
+  static const int n = [] {
+    int stats = 0, write = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &stats, softmax_split_stats_kernel<T>, kSplitBlock, 0));
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &write, softmax_split_write_kernel<T, LOG>, kSplitBlock, 0));
+    return std::max(1, std::min(stats, write));
+  }();
+  return n;
+}
+
+// Segments per row for the split kernels, 0 for none: as many as one wave of
+// blocks holds (rows * S <= blocks per SM * SMs), segments of at least 4096
+// keys, at least 2 (else the general kernel's block per row). A partial
+// second wave doubles the time: S = ceil(4 * SMs / rows) = 5 for 128 rows of
+// 64K fp16 keys put 640 blocks on 264 slots, and ran at 3.3x the copy's time
+// on the H200 (2026-11-27), slower than a block per row (2.4x).
+template <typename T, bool LOG>
+int split_count(const SoftmaxArgs& a) {
+  const int64_t rows = a.rows();
+  if (a.Tk < 8192 || rows == 0 || rows > 65535) return 0;
+  int64_t S = split_blocks_per_sm<T, LOG>() * static_cast<int64_t>(cuda::sm_count()) / rows;
   if (S > a.Tk / 4096) S = a.Tk / 4096;
   return S >= 2 ? static_cast<int>(S) : 0;
 }
@@ -1093,27 +1186,38 @@ template <typename T>
 constexpr int kTierMaxP = std::is_same_v<T, double> ? 0 : (sizeof(T) == 4 ? 16 : 8);
 
 // The one place that picks a kernel: the register tiers for the fp16, bf16
-// and fp32 rows they hold (no mask or bias tensor), else the split rows for
-// longer rows too few to fill the GPU (same conditions), else a warp per row
+// and fp32 rows they hold (a mask or bias only with contiguous keys), else the
+// split rows for longer rows too few to fill the GPU (no mask or bias), else a warp per row
 // up to kWarpRowMax keys, else a block per row.
 template <typename T, bool LOG>
 void launch_softmax_forward(const SoftmaxArgs& a, cudaStream_t stream) {
   if constexpr (kTierMaxP<T> > 0) {
-    if (const int64_t chunks = tier_chunks<T>(a, kForwardTierMaxChunks)) {
+    const bool general = a.mask != nullptr || a.bias != nullptr;
+    if (const int64_t chunks =
+            tier_chunks<T>(a, general ? kGeneralTierMaxChunks : kForwardTierMaxChunks)) {
       const RowDiv d{cuda::FastDiv(a.Tq), cuda::FastDiv(a.H)};
-      with_forward_tier<kTierMaxP<T>>(chunks, [&]<int G, int P>() {
-        constexpr int kRows = kTierBlock<G> / G;  // rows per block
-        const int64_t grid = (a.rows() + kRows - 1) / kRows;
-        softmax_tier_forward_kernel<T, G, P, LOG>
-            <<<static_cast<unsigned>(grid), kTierBlock<G>, 0, stream>>>(a, d);
-      });
+      auto tiers = [&]<bool GENERAL>() {
+        with_forward_tier<GENERAL ? 8 : kTierMaxP<T>>(chunks, [&]<int G, int P>() {
+          if constexpr (!GENERAL || G * P <= kGeneralTierMaxChunks) {  // else never picked
+            constexpr int kRows = kTierBlock<G> / G;  // rows per block
+            const int64_t grid = (a.rows() + kRows - 1) / kRows;
+            softmax_tier_forward_kernel<T, G, P, LOG, GENERAL>
+                <<<static_cast<unsigned>(grid), kTierBlock<G>, 0, stream>>>(a, d);
+          }
+        });
+      };
+      if (general) {
+        tiers.template operator()<true>();
+      } else {
+        tiers.template operator()<false>();
+      }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
   }
   if constexpr (!std::is_same_v<T, double>) {
     if (a.mask == nullptr && a.bias == nullptr) {
-      if (const int S = split_count(a)) {
+      if (const int S = split_count<T, LOG>(a)) {
         launch_split_forward<T, LOG>(a, S, stream);
         return;
       }
