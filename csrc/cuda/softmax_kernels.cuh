@@ -12,8 +12,9 @@
 // the rest is written as the masked value with 16-byte stores.
 //
 // This header holds the kernels and the launchers; each softmax_<dtype>.cu
-// instantiates the launchers for one dtype, so that the register-tier kernels
-// (over a hundred) compile in parallel; softmax.cu holds the entry points.
+// instantiates the launchers for one dtype, and softmax_masked_<dtype>.cu its
+// mask/bias tiers, so that the register-tier kernels (over a hundred) compile
+// in parallel; softmax.cu holds the entry points.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -1196,6 +1197,30 @@ void launch_split_forward(const SoftmaxArgs& a, int S, cudaStream_t stream) {
 template <typename T>
 constexpr int kTierMaxP = std::is_same_v<T, double> ? 0 : (sizeof(T) == 4 ? 16 : 8);
 
+// The forward tier kernel for rows of `chunks` chunks, with (GENERAL) or
+// without a mask or bias tensor: at most 8 chunks per thread with one.
+template <typename T, bool LOG, bool GENERAL>
+void launch_tier_forward(const SoftmaxArgs& a, int64_t chunks, cudaStream_t stream) {
+  const RowDiv d{cuda::FastDiv(a.Tq), cuda::FastDiv(a.H)};
+  with_forward_tier<GENERAL ? 8 : kTierMaxP<T>>(chunks, [&]<int G, int P>() {
+    if constexpr (!GENERAL || G * P <= kGeneralTierMaxChunks) {  // else never picked
+      constexpr int kRows = kTierBlock<G> / G;  // rows per block
+      const int64_t grid = (a.rows() + kRows - 1) / kRows;
+      softmax_tier_forward_kernel<T, G, P, LOG, GENERAL>
+          <<<static_cast<unsigned>(grid), kTierBlock<G>, 0, stream>>>(a, d);
+    }
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// The mask/bias tiers, compiled in their own translation units
+// (softmax_masked_<dtype>.cu: the sm_90 build of a dtype's file went from 75
+// to 126 s when they joined it, and the files compile in parallel).
+template <typename T, bool LOG>
+void launch_masked_tier_forward(const SoftmaxArgs& a, int64_t chunks, cudaStream_t stream) {
+  launch_tier_forward<T, LOG, true>(a, chunks, stream);
+}
+
 // The one place that picks a kernel: the register tiers for the fp16, bf16
 // and fp32 rows they hold (a mask or bias only with contiguous keys), else the
 // split rows for longer rows too few to fill the GPU (no mask or bias), else a warp per row
@@ -1206,23 +1231,11 @@ void launch_softmax_forward(const SoftmaxArgs& a, cudaStream_t stream) {
     const bool general = a.mask != nullptr || a.bias != nullptr;
     if (const int64_t chunks =
             tier_chunks<T>(a, general ? kGeneralTierMaxChunks : kForwardTierMaxChunks)) {
-      const RowDiv d{cuda::FastDiv(a.Tq), cuda::FastDiv(a.H)};
-      auto tiers = [&]<bool GENERAL>() {
-        with_forward_tier<GENERAL ? 8 : kTierMaxP<T>>(chunks, [&]<int G, int P>() {
-          if constexpr (!GENERAL || G * P <= kGeneralTierMaxChunks) {  // else never picked
-            constexpr int kRows = kTierBlock<G> / G;  // rows per block
-            const int64_t grid = (a.rows() + kRows - 1) / kRows;
-            softmax_tier_forward_kernel<T, G, P, LOG, GENERAL>
-                <<<static_cast<unsigned>(grid), kTierBlock<G>, 0, stream>>>(a, d);
-          }
-        });
-      };
       if (general) {
-        tiers.template operator()<true>();
+        launch_masked_tier_forward<T, LOG>(a, chunks, stream);
       } else {
-        tiers.template operator()<false>();
+        launch_tier_forward<T, LOG, false>(a, chunks, stream);
       }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
   }
@@ -1279,11 +1292,20 @@ void launch_softmax_backward(const SoftmaxArgs& a, cudaStream_t stream) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Explicit instantiations for one dtype, in its own translation unit.
-#define MASKEXT_SOFTMAX_INSTANTIATE(T)                                              \
+// Explicit instantiations for one dtype, in its own translation unit; its
+// mask/bias tiers are left to MASKEXT_SOFTMAX_MASKED_INSTANTIATE in another.
+#define MASKEXT_SOFTMAX_INSTANTIATE(T)                                                        \
+  extern template void launch_masked_tier_forward<T, false>(const SoftmaxArgs&, int64_t,       \
+                                                           cudaStream_t);                     \
+  extern template void launch_masked_tier_forward<T, true>(const SoftmaxArgs&, int64_t,        \
+                                                          cudaStream_t);                      \
   template void launch_softmax_forward<T, false>(const SoftmaxArgs&, cudaStream_t);  \
   template void launch_softmax_forward<T, true>(const SoftmaxArgs&, cudaStream_t);   \
   template void launch_softmax_backward<T, false>(const SoftmaxArgs&, cudaStream_t); \
   template void launch_softmax_backward<T, true>(const SoftmaxArgs&, cudaStream_t);
+
+#define MASKEXT_SOFTMAX_MASKED_INSTANTIATE(T)                                                      \
+  template void launch_masked_tier_forward<T, false>(const SoftmaxArgs&, int64_t, cudaStream_t); \
+  template void launch_masked_tier_forward<T, true>(const SoftmaxArgs&, int64_t, cudaStream_t);
 
 }  // namespace maskext
