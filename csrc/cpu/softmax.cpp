@@ -307,6 +307,28 @@ void softmax_forward_kernel(const SoftmaxArgs& a) {
   });
 }
 
+// The backward's formulas on vectors V of the accumulation type, one place for
+// both row paths: a position's share of the row sum, and its gradient.
+// Softmax: y * dy, and scale * y * (dy - dot). LOG (y = log-softmax): dy, and
+// scale * (dy - exp(y) * dot), both 0 where y == finfo.min (vmin: masked).
+template <bool LOG, typename V>
+inline V backward_term(V yv, V gv, V vmin) {
+  if constexpr (LOG) {
+    return gv & (yv != vmin);
+  } else {
+    return yv * gv;
+  }
+}
+
+template <bool LOG, typename V>
+inline V backward_grad(V yv, V gv, V dot, V scale, V vmin) {
+  if constexpr (LOG) {
+    return ((gv - exp_nonpos(yv) * dot) * scale) & (yv != vmin);
+  } else {
+    return yv * (gv - dot) * scale;
+  }
+}
+
 // One row of the backward below for fp16/bf16, converting vectors to fp32 in
 // registers (two passes over y and dy, no row buffers); `gap` masked keys
 // follow the row (bridge_gap).
@@ -317,7 +339,7 @@ void backward_row_reduced(const scalar_t* y, const scalar_t* g, scalar_t* o, int
   using fVec = at::vec::Vectorized<float>;
   const float lowest = static_cast<float>(std::numeric_limits<scalar_t>::lowest());
   const fVec vmin(lowest);
-  auto term = [&](fVec yv, fVec gv) { return LOG ? gv & (yv != vmin) : yv * gv; };
+  auto term = [&](fVec yv, fVec gv) { return backward_term<LOG>(yv, gv, vmin); };
   fVec acc0(0.f), acc1(0.f);
   int64_t k = 0;
   for (; k + bVec::size() <= n; k += bVec::size()) {
@@ -334,13 +356,8 @@ void backward_row_reduced(const scalar_t* y, const scalar_t* g, scalar_t* o, int
   }
   bridge_gap(y + n, gap);
   bridge_gap(g + n, gap);
-  auto grad = [&](fVec yv, fVec gv) {
-    if constexpr (LOG) {
-      return ((gv - exp_nonpos(yv) * fVec(dot)) * fVec(scale)) & (yv != vmin);
-    } else {
-      return yv * (gv - fVec(dot)) * fVec(scale);
-    }
-  };
+  const fVec vdot(dot), vscale(scale);
+  auto grad = [&](fVec yv, fVec gv) { return backward_grad<LOG>(yv, gv, vdot, vscale, vmin); };
   for (k = 0; k < body; k += bVec::size()) {
     auto [y0, y1] = at::vec::convert_to_float<scalar_t>(bVec::loadu(y + k));
     auto [g0, g1] = at::vec::convert_to_float<scalar_t>(bVec::loadu(g + k));
@@ -380,15 +397,12 @@ void softmax_backward_kernel(const SoftmaxArgs& a) {
         backward_row_reduced<scalar_t, LOG>(yr, gr, o + lo, n, Tk - hi, scale);
       } else {  // fp32 / fp64: acc_t is scalar_t, no conversion
         const Vec vmin(std::numeric_limits<scalar_t>::lowest());
-        const acc_t dot = sum2(yr, gr, n, [vmin](Vec p, Vec q) { return LOG ? q & (p != vmin) : p * q; });
+        const Vec vdot(sum2(yr, gr, n, [vmin](Vec p, Vec q) { return backward_term<LOG>(p, q, vmin); }));
         bridge_gap(yr + n, Tk - hi);  // after the first pass: where the streams stand
         bridge_gap(gr + n, Tk - hi);
-        auto grad = [dot, scale, vmin](Vec yv, Vec gv) {
-          if constexpr (LOG) {
-            return ((gv - exp_nonpos(yv) * Vec(dot)) * Vec(scale)) & (yv != vmin);
-          } else {
-            return yv * (gv - Vec(dot)) * Vec(scale);
-          }
+        const Vec vscale(scale);
+        auto grad = [vdot, vscale, vmin](Vec yv, Vec gv) {
+          return backward_grad<LOG>(yv, gv, vdot, vscale, vmin);
         };
         map2_row(grad, o + lo, yr, gr, n);
       }

@@ -124,7 +124,9 @@ __global__ void __launch_bounds__(kPoolThreads) masked_pool_kernel(PaddedArgs a,
 #pragma unroll
         for (int u = 0; u < kPoolUnroll; ++u) v[u] = p[u * stride];  // all loads first
 #pragma unroll
-        for (int u = 0; u < kPoolUnroll; ++u) accs[u] = pool_op(mode, accs[u], static_cast<acc_t>(v[u]));
+        for (int u = 0; u < kPoolUnroll; ++u) {
+          accs[u] = pool_op(mode, accs[u], static_cast<acc_t>(v[u]));
+        }
       }
 #pragma unroll
       for (int u = 0; u < kPoolUnroll; ++u) {

@@ -93,6 +93,15 @@ struct ScoreFn {
   }
 };
 
+// The bias rule, one place for every kernel: a key whose bias is finfo(T).min
+// or less (-inf included) is masked; otherwise the bias, in the score's units
+// (`unit`: log2(e) for the base-2 tiers), adds to its score.
+template <typename acc_t>
+__device__ __forceinline__ acc_t add_bias(acc_t z, acc_t bias, acc_t bias_min,
+                                          acc_t unit = acc_t(1)) {
+  return bias <= bias_min ? -std::numeric_limits<acc_t>::infinity() : z + bias * unit;
+}
+
 // Pass 2 of the general and split kernels: the output for a score z from
 // the row's (max, sum), sink included. A NaN or +inf score (s NaN or m +inf)
 // makes every visible output NaN, as torch.softmax and the CPU kernel; masked
@@ -217,7 +226,7 @@ __global__ void __launch_bounds__(BLOCK, 1) softmax_forward_kernel(SoftmaxArgs a
         if (a.mask != nullptr && !a.mask[mo + j * a.ms[3]]) return kNegInf;
         if (bias != nullptr) {
           const acc_t bv = static_cast<acc_t>(bias[bo + j * a.bs[3]]);
-          z = bv <= bias_min ? kNegInf : z + bv;
+          z = add_bias(z, bv, bias_min);
         }
       }
       return z;
@@ -251,7 +260,7 @@ __global__ void __launch_bounds__(BLOCK, 1) softmax_forward_kernel(SoftmaxArgs a
             for (int e = 0; e < VEC; ++e) bv[e] = static_cast<acc_t>(bias[bo + (j + e) * a.bs[3]]);
           }
 #pragma unroll
-          for (int e = 0; e < VEC; ++e) z[e] = bv[e] <= bias_min ? kNegInf : z[e] + bv[e];
+          for (int e = 0; e < VEC; ++e) z[e] = add_bias(z[e], bv[e], bias_min);
         }
         if (a.mask != nullptr) {
           bool keep[VEC];
@@ -656,8 +665,8 @@ __device__ __forceinline__ void store_row(T* __restrict__ o, int Tk, int lane, i
 // GENERAL: a mask and/or bias tensor (contiguous keys, tier_chunks) joins
 // the scores as they are loaded, by the rule of the general kernel's `score`.
 template <typename T, int G, int P, bool LOG, bool GENERAL>
-__global__ void __launch_bounds__(kTierBlock<G>, (kTierForwardMinBlocks<G, P, GENERAL>)) softmax_tier_forward_kernel(
-    SoftmaxArgs a, RowDiv d) {
+__global__ void __launch_bounds__(kTierBlock<G>, (kTierForwardMinBlocks<G, P, GENERAL>))
+    softmax_tier_forward_kernel(SoftmaxArgs a, RowDiv d) {
   constexpr int VEC = Vec16<T>::N;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   __shared__ float part[2][G > 32 ? G / 32 : 1];  // tier C: the max, then the sum
@@ -750,7 +759,7 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kTierForwardMinBlocks<G, P, GE
           unpack_chunk(raw, k, bv);
 #pragma unroll
           for (int e = 0; e < VEC; ++e) {
-            v[k][e] = bv[e] <= bias_min ? kNegInf : v[k][e] + bv[e] * static_cast<float>(kLog2e);
+            v[k][e] = add_bias(v[k][e], bv[e], bias_min, static_cast<float>(kLog2e));
           }
         }
       }
