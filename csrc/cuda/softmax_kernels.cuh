@@ -41,6 +41,9 @@ using cuda::Vec16;
 constexpr int kBlock = 256;     // threads per block, warp-per-row kernels
 constexpr int kLongBlock = 512; // threads per block (= per row) for long rows
 constexpr int64_t kWarpRowMax = 1024;
+// 16-byte chunks per thread in flight in the general and split kernels'
+// passes (cuda::vec_loop_ilp).
+constexpr int kIlp = 4;
 
 template <typename acc_t>
 __device__ __forceinline__ acc_t fast_exp(acc_t v) {
@@ -283,21 +286,27 @@ __global__ void __launch_bounds__(BLOCK, 1) softmax_forward_kernel(SoftmaxArgs a
 
     // Pass 1: running max and sum.
     MaxSum<acc_t> ms{kNegInf, acc_t(0)};
+    using Scores = cuda::Chunk<acc_t, VEC>;
+    auto load_scores = [&](int64_t k) {
+      Scores z;
+      chunk_scores(k, z.v);
+      return z;
+    };
     if (GENERAL) {  // chunked as the output, as pass 2
-      cuda::vec_loop(o + lo, n, tid, THREADS, [&](int64_t k) { ms.add(score(lo + k)); },  // [edge]
-                     [&](int64_t k) {
-                       acc_t z[VEC];
-                       chunk_scores(k, z);
+      cuda::vec_loop_ilp<kIlp>(
+          o + lo, n, tid, THREADS, [&](int64_t k) { ms.add(score(lo + k)); },  // [edge]
+          load_scores, [&](int64_t, const Scores& z) {
 #pragma unroll
-                       for (int e = 0; e < VEC; ++e) ms.add(z[e]);
-                     });
+            for (int e = 0; e < VEC; ++e) ms.add(z.v[e]);
+          });
     } else {
-      cuda::vec_loop(xr + lo, n, tid, THREADS, [&](int64_t k) { ms.add(score(lo + k)); },
-                     [&](int64_t k) {
-                       const Pack pk = *reinterpret_cast<const Pack*>(xr + lo + k);
+      cuda::vec_loop_ilp<kIlp>(
+          xr + lo, n, tid, THREADS, [&](int64_t k) { ms.add(score(lo + k)); },
+          [&](int64_t k) { return *reinterpret_cast<const Pack*>(xr + lo + k); },
+          [&](int64_t, const Pack& pk) {
 #pragma unroll
-                       for (int e = 0; e < VEC; ++e) ms.add(sc(static_cast<acc_t>(pk.v[e])));
-                     });
+            for (int e = 0; e < VEC; ++e) ms.add(sc(static_cast<acc_t>(pk.v[e])));
+          });
     }
     ms = row_reduce<THREADS>(ms);
     if (!active || n == 0) continue;
@@ -309,14 +318,13 @@ __global__ void __launch_bounds__(BLOCK, 1) softmax_forward_kernel(SoftmaxArgs a
     const FinishFn<T, acc_t, LOG> finish(ms);  // pass 2: normalise
     // Stores follow the output's alignment (128 bits between a scalar head and
     // tail), the loads too where they can (chunk_scores).
-    cuda::vec_loop(
+    cuda::vec_loop_ilp<kIlp>(
         o + lo, n, tid, THREADS,
         [&](int64_t k) { o[lo + k] = static_cast<T>(finish(score(lo + k))); },  // [edge]
-        [&](int64_t k) {
+        load_scores, [&](int64_t k, const Scores& z) {
           acc_t res[VEC];
-          chunk_scores(k, res);
 #pragma unroll
-          for (int e = 0; e < VEC; ++e) res[e] = finish(res[e]);
+          for (int e = 0; e < VEC; ++e) res[e] = finish(z.v[e]);
           cuda::store16<T>(o + lo + k, res);
         });
   }
@@ -368,14 +376,30 @@ __global__ void __launch_bounds__(BLOCK, 1) softmax_backward_kernel(SoftmaxArgs 
     // view with an odd offset, dy any strided row).
     const bool vec = same_alignment(gr + lo, o + lo) && same_alignment(yr + lo, o + lo);
 
+    // The chunk [lo + k, lo + k + VEC) of y and dy: 16-byte loads when vec.
+    struct YG {
+      Pack y, g;
+    };
+    auto load_yg = [&](int64_t k) {
+      YG c;
+      if (vec) {
+        c.y = *reinterpret_cast<const Pack*>(yr + lo + k);
+        c.g = *reinterpret_cast<const Pack*>(gr + lo + k);
+      } else {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+          c.y.v[e] = yr[lo + k + e];
+          c.g.v[e] = gr[lo + k + e];
+        }
+      }
+      return c;
+    };
     acc_t dot = 0;
     auto dot1 = [&](int64_t k) { dot += term(yr[lo + k], gr[lo + k]); };
     if (vec) {
-      cuda::vec_loop(yr + lo, n, tid, THREADS, dot1, [&](int64_t k) {
-        const Pack yp = *reinterpret_cast<const Pack*>(yr + lo + k);
-        const Pack gp = *reinterpret_cast<const Pack*>(gr + lo + k);
+      cuda::vec_loop_ilp<kIlp>(yr + lo, n, tid, THREADS, dot1, load_yg, [&](int64_t, const YG& c) {
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) dot += term(yp.v[e], gp.v[e]);
+        for (int e = 0; e < VEC; ++e) dot += term(c.y.v[e], c.g.v[e]);
       });
     } else {
       for (int64_t k = tid; k < n; k += THREADS) dot1(k);
@@ -392,27 +416,19 @@ __global__ void __launch_bounds__(BLOCK, 1) softmax_backward_kernel(SoftmaxArgs 
     };
     // Stores follow dx's alignment; y and dy come in 16-byte loads when both
     // share it, one by one otherwise.
-    cuda::vec_loop(
+    cuda::vec_loop_ilp<kIlp>(
         o + lo, n, tid, THREADS,
         [&](int64_t k) {
           o[lo + k] = static_cast<T>(grad(static_cast<acc_t>(yr[lo + k]),  // [edge]
                                           static_cast<acc_t>(gr[lo + k])));
         },
-        [&](int64_t k) {
-          acc_t yv[VEC];
-          if (vec) {
-            acc_t gv[VEC];
-            cuda::unpack16<T>(*reinterpret_cast<const uint4*>(yr + lo + k), yv);
-            cuda::unpack16<T>(*reinterpret_cast<const uint4*>(gr + lo + k), gv);
+        load_yg, [&](int64_t k, const YG& c) {
+          acc_t res[VEC];
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) yv[e] = grad(yv[e], gv[e]);
-          } else {
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) {
-              yv[e] = grad(static_cast<acc_t>(yr[lo + k + e]), static_cast<acc_t>(gr[lo + k + e]));
-            }
+          for (int e = 0; e < VEC; ++e) {
+            res[e] = grad(static_cast<acc_t>(c.y.v[e]), static_cast<acc_t>(c.g.v[e]));
           }
-          cuda::store16<T>(o + lo + k, yv);
+          cuda::store16<T>(o + lo + k, res);
         });
   }
 }
@@ -1077,7 +1093,7 @@ __device__ __forceinline__ SplitSeg split_seg(const SoftmaxArgs& a, const RowPos
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kSplitBlock, 1) softmax_split_stats_kernel(SoftmaxArgs a,
+__global__ void __launch_bounds__(kSplitBlock, 2) softmax_split_stats_kernel(SoftmaxArgs a,
                                                                             float2* part,
                                                                             int64_t seg_len) {
   using Pack = typename Vec16<T>::Pack;
@@ -1090,13 +1106,14 @@ __global__ void __launch_bounds__(kSplitBlock, 1) softmax_split_stats_kernel(Sof
   const ScoreFn<float> score(a);
   MaxSum<float> ms{-std::numeric_limits<float>::infinity(), 0.f};
   if (j1 > j0) {
-    cuda::vec_loop(xr + j0, j1 - j0, threadIdx.x, kSplitBlock,
-                   [&](int64_t k) { ms.add(score(static_cast<float>(xr[j0 + k]))); },
-                   [&](int64_t k) {
-                     const Pack pk = *reinterpret_cast<const Pack*>(xr + j0 + k);
+    cuda::vec_loop_ilp<kIlp>(
+        xr + j0, j1 - j0, threadIdx.x, kSplitBlock,
+        [&](int64_t k) { ms.add(score(static_cast<float>(xr[j0 + k]))); },
+        [&](int64_t k) { return *reinterpret_cast<const Pack*>(xr + j0 + k); },
+        [&](int64_t, const Pack& pk) {
 #pragma unroll
-                     for (int e = 0; e < VEC; ++e) ms.add(score(static_cast<float>(pk.v[e])));
-                   });
+          for (int e = 0; e < VEC; ++e) ms.add(score(static_cast<float>(pk.v[e])));
+        });
   }
   ms = row_reduce<kSplitBlock>(ms);
   if (threadIdx.x == 0) {
@@ -1105,7 +1122,7 @@ __global__ void __launch_bounds__(kSplitBlock, 1) softmax_split_stats_kernel(Sof
 }
 
 template <typename T, bool LOG>
-__global__ void __launch_bounds__(kSplitBlock, 1) softmax_split_write_kernel(SoftmaxArgs a,
+__global__ void __launch_bounds__(kSplitBlock, 2) softmax_split_write_kernel(SoftmaxArgs a,
                                                                             const float2* part,
                                                                             int64_t seg_len) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
@@ -1137,19 +1154,25 @@ __global__ void __launch_bounds__(kSplitBlock, 1) softmax_split_write_kernel(Sof
   const FinishFn<T, float, LOG> finish(ms);
   auto out = [&](float v) { return finish(score(v)); };
   const bool xvec = same_alignment(xr + j0, o + j0);
-  cuda::vec_loop(
+  using Pack = typename Vec16<T>::Pack;  // raw: half the registers of floats for fp16
+  // 2 chunks in flight: at 4, 64 registers (2 blocks per SM) spilled 28 bytes.
+  cuda::vec_loop_ilp<2>(
       o + j0, j1 - j0, tid, kSplitBlock,
       [&](int64_t k) { o[j0 + k] = static_cast<T>(out(static_cast<float>(xr[j0 + k]))); },  // [edge]
       [&](int64_t k) {
-        float res[Vec16<T>::N];
+        Pack pk;
         if (xvec) {
-          cuda::unpack16<T>(*reinterpret_cast<const uint4*>(xr + j0 + k), res);
+          pk = *reinterpret_cast<const Pack*>(xr + j0 + k);
         } else {
 #pragma unroll
-          for (int e = 0; e < Vec16<T>::N; ++e) res[e] = static_cast<float>(xr[j0 + k + e]);
+          for (int e = 0; e < Vec16<T>::N; ++e) pk.v[e] = xr[j0 + k + e];
         }
+        return pk;
+      },
+      [&](int64_t k, const Pack& pk) {
+        float res[Vec16<T>::N];
 #pragma unroll
-        for (int e = 0; e < Vec16<T>::N; ++e) res[e] = out(res[e]);
+        for (int e = 0; e < Vec16<T>::N; ++e) res[e] = out(static_cast<float>(pk.v[e]));
         cuda::store16<T>(o + j0 + k, res);
       });
 }

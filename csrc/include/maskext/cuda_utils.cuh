@@ -145,21 +145,46 @@ __device__ __forceinline__ uint4 splat16(T value) {
 
 // Splits [0, n) of an array starting at `p` into an unaligned head, 16-byte
 // aligned chunks and a tail, spread over `nthreads` threads: scalar(k) for
-// single elements, vector(k) for the chunk [k, k + VEC). No divisibility
-// or alignment requirements on p or n.
-template <typename T, typename Scalar, typename Vector>
-__device__ __forceinline__ void vec_loop(const T* p, int64_t n, int tid, int nthreads,
-                                         Scalar scalar, Vector vector) {
+// single elements; for the chunk [k, k + VEC), c = load(k) then use(k, c),
+// the loads of U chunks of a thread issued before any use, so that U 16-byte
+// loads are in flight (a loop of one chunk per step compiled to one: a single
+// LDG.128 in the SASS of the split and general softmax kernels). No
+// divisibility or alignment requirements on p or n.
+template <int U, typename T, typename Scalar, typename Load, typename Use>
+__device__ __forceinline__ void vec_loop_ilp(const T* p, int64_t n, int tid, int nthreads,
+                                             Scalar scalar, Load load, Use use) {
   constexpr int VEC = Vec16<T>::N;
   const int64_t mis = static_cast<int64_t>((reinterpret_cast<uintptr_t>(p) / sizeof(T)) % VEC);
   int64_t head = (VEC - mis) % VEC;
   if (reinterpret_cast<uintptr_t>(p) % sizeof(T) != 0) head = n;  // cannot align: all scalar
   if (head > n) head = n;
   for (int64_t k = tid; k < head; k += nthreads) scalar(k);
-  const int64_t nvec = (n - head) / VEC;
-  for (int64_t v = tid; v < nvec; v += nthreads) vector(head + v * VEC);
+  const int64_t nvec = (n - head) / VEC, step = nthreads;
+  int64_t v = tid;
+  for (; v + (U - 1) * step < nvec; v += U * step) {
+    decltype(load(int64_t(0))) c[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) c[u] = load(head + (v + u * step) * VEC);
+#pragma unroll
+    for (int u = 0; u < U; ++u) use(head + (v + u * step) * VEC, c[u]);
+  }
+  for (; v < nvec; v += step) use(head + v * VEC, load(head + v * VEC));
   for (int64_t k = head + nvec * VEC + tid; k < n; k += nthreads) scalar(k);
 }
+
+// vec_loop_ilp one chunk at a time: vector(k) for the chunk [k, k + VEC).
+template <typename T, typename Scalar, typename Vector>
+__device__ __forceinline__ void vec_loop(const T* p, int64_t n, int tid, int nthreads,
+                                         Scalar scalar, Vector vector) {
+  vec_loop_ilp<1>(p, n, tid, nthreads, scalar, [](int64_t k) { return k; },
+                  [&](int64_t k, int64_t) { vector(k); });
+}
+
+// The values of one 16-byte chunk, as vec_loop_ilp's loads return them.
+template <typename acc_t, int N>
+struct Chunk {
+  acc_t v[N];
+};
 
 // N consecutive bools (N = 1, 2, 4 or 8, p aligned to N bytes) in one load.
 template <int N>
