@@ -90,7 +90,7 @@ def edge_lines(path, cache={}):
 
 
 def sass_counts(obj, tmp):
-    """{mangled kernel name: {"ld128": n, ..., "st<32": n, "body_st<128": n, "local": n}}
+    """{mangled kernel name: {"ld128": n, ..., "st<32": n, "body_st<128": n, "local": n, "instrs": n}}
     from the SASS in obj."""
     text = sass_text(obj, tmp)
     out, cur, edge = {}, None, False
@@ -106,6 +106,8 @@ def sass_counts(obj, tmp):
         if m:
             edge = int(m.group(2)) in edge_lines(m.group(1))
             continue
+        if re.search(r"/\*[0-9a-f]{4,}\*/\s+\S", line):  # one SASS instruction
+            cur["instrs"] = cur.get("instrs", 0) + 1
         m = re.search(r"\b(LDG|STG)\.E((?:\.\w+)*)", line)
         if m:
             width = "32"
@@ -180,7 +182,7 @@ def report(src, arch, tmp):
             return "/".join(str(c.get(kind + w, 0)) for w in ("128", "64", "32", "<32"))
         rows.append((os.path.basename(src), demangle(name), i.get("regs"), i.get("spill"), i.get("smem"),
                      f"{occ}/64" if occ else "?", widths("ld"), widths("st"), c.get("body_st<128", 0),
-                     c.get("local", 0)))
+                     c.get("local", 0), c.get("instrs", 0)))
     return sorted(rows)
 
 
@@ -203,10 +205,11 @@ def main():
              "static shared memory (bytes), warps per SM the registers allow, and from the SASS the "
              "number of global load and store instructions by width (128/64/32/narrower bits), "
              "the narrower-than-128-bit stores outside the [edge] (scalar head/tail) source lines, "
-             "and the local-memory accesses.\n",
+             "the local-memory accesses, and the kernel's length in SASS instructions (static: "
+             "the code, not what runs).\n",
              "| file | kernel | regs | spill | smem | warps/SM | LDG 128/64/32/<32 | STG 128/64/32/<32 "
-             "| body STG <128 | local |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| body STG <128 | local | SASS instrs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     spills = narrow = 0
     with tempfile.TemporaryDirectory() as tmp:
         for src in srcs:

@@ -22,9 +22,35 @@ __device__ __forceinline__ acc_t sigmoid(acc_t z) {
   return acc_t(1) / (acc_t(1) + exp(-z));
 }
 
-// Whether step r (flat over the B * T steps) is real: t = r % T in [lo, hi).
-__device__ __forceinline__ bool real_step(const PaddedArgs& a, int64_t r) {
-  const int64_t b = r / a.T, t = r - b * a.T;
+// Whether chunk c (flat over the B * T * per_step chunks, per_step to a step)
+// lies in a real step: r = c / per_step, b = r / T, t = r % T in [lo, hi).
+// The divisions are 32-bit multiply-highs (cuda::FastDiv) where every chunk
+// index fits in 31 bits (`fast`), 64-bit otherwise: two 64-bit divisions per
+// chunk were ~200 instructions, more than the chunk's 8 sigmoids (the gate ran
+// at 1.7x its copy floor on the H200, 2026-11-27).
+struct StepOf {
+  cuda::FastDiv per_step, T;  // valid when fast
+  int64_t per_step64;
+  bool fast;
+};
+
+inline StepOf step_of(const PaddedArgs& a, int64_t per_step, int64_t chunks) {
+  const bool fast = chunks < (int64_t(1) << 31);
+  return {cuda::FastDiv(fast ? static_cast<uint32_t>(per_step) : 1u),
+          cuda::FastDiv(fast ? static_cast<uint32_t>(a.T) : 1u), per_step, fast};
+}
+
+__device__ __forceinline__ bool real_step(const PaddedArgs& a, const StepOf& d, int64_t c) {
+  int64_t b, t;
+  if (d.fast) {  // the same for every thread of the launch
+    const uint32_t r = d.per_step.div(static_cast<uint32_t>(c)), b32 = d.T.div(r);
+    b = b32;
+    t = r - b32 * d.T.d;
+  } else {
+    const int64_t r = c / d.per_step64;
+    b = r / a.T;
+    t = r - b * a.T;
+  }
   int64_t lo, hi;
   row_bounds(a.spec, b, 0, lo, hi);
   return t >= lo && t < hi;
@@ -65,20 +91,20 @@ __device__ __forceinline__ void gate_grads(acc_t z, acc_t x, acc_t g, acc_t inv_
 
 // Elementwise over the flat (B, T, I) data. VEC > 1: 16-byte chunks of VEC
 // elements, every pointer 16-byte aligned and I % VEC == 0, so a chunk lies
-// in one step and the step's bounds are found once per chunk (one 64-bit
-// division and row_bounds per VEC elements, not per element: per element they
+// in one step and the step's bounds are found once per chunk (real_step: two
+// divisions and row_bounds per VEC elements, not per element: per element they
 // cost more instructions than the memory time of the element). VEC == 1: one
 // element at a time, any I and alignment.
 template <typename T, int VEC>
-__global__ void gate_kernel(PaddedArgs a, const T* x, T* out, at::opmath_type<T> inv_t,
+__global__ void gate_kernel(PaddedArgs a, StepOf d, const T* x, T* out, at::opmath_type<T> inv_t,
                             bool hard) {
   using acc_t = at::opmath_type<T>;
   const T* z = static_cast<const T*>(a.x);
-  const int64_t per_step = a.I / VEC, chunks = a.B * a.T * per_step;
+  const int64_t chunks = a.B * a.T * (a.I / VEC);
   for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < chunks;
        c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t e = c * VEC;
-    const bool real = real_step(a, c / per_step);
+    const bool real = real_step(a, d, c);
     if constexpr (VEC == 1) {
       out[e] = real ? static_cast<T>(gate_value<acc_t>(static_cast<acc_t>(z[e]),
                                                         x != nullptr ? static_cast<acc_t>(x[e])
@@ -101,15 +127,15 @@ __global__ void gate_kernel(PaddedArgs a, const T* x, T* out, at::opmath_type<T>
 }
 
 template <typename T, int VEC>
-__global__ void gate_backward_kernel(PaddedArgs a, const T* x, const T* grad, T* dx, T* dz,
-                                     at::opmath_type<T> inv_t, bool hard) {
+__global__ void gate_backward_kernel(PaddedArgs a, StepOf d, const T* x, const T* grad, T* dx,
+                                     T* dz, at::opmath_type<T> inv_t, bool hard) {
   using acc_t = at::opmath_type<T>;
   const T* z = static_cast<const T*>(a.x);
-  const int64_t per_step = a.I / VEC, chunks = a.B * a.T * per_step;
+  const int64_t chunks = a.B * a.T * (a.I / VEC);
   for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < chunks;
        c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t e = c * VEC;
-    const bool real = real_step(a, c / per_step);
+    const bool real = real_step(a, d, c);
     if constexpr (VEC == 1) {
       acc_t gx = 0, gz = 0;
       if (real) {
@@ -165,8 +191,10 @@ at::Tensor gate_cuda(const std::optional<at::Tensor>& x, const at::Tensor& logit
     scalar_t* op = out.data_ptr<scalar_t>();
     with_vec<scalar_t>(g.logits.args.I, {g.logits.args.x, xp, op}, [&]<int VEC>() {
       constexpr int threads = 256;
-      gate_kernel<scalar_t, VEC><<<cuda::grid_for(out.numel() / VEC, threads), threads, 0, stream>>>(
-          g.logits.args, xp, op, static_cast<at::opmath_type<scalar_t>>(inv_t), hard);
+      const int64_t chunks = out.numel() / VEC;
+      gate_kernel<scalar_t, VEC><<<cuda::grid_for(chunks, threads), threads, 0, stream>>>(
+          g.logits.args, step_of(g.logits.args, g.logits.args.I / VEC, chunks), xp, op,
+          static_cast<at::opmath_type<scalar_t>>(inv_t), hard);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -192,10 +220,10 @@ std::tuple<at::Tensor, at::Tensor> gate_backward_cuda(const at::Tensor& grad,
     scalar_t* dzp = dlogits.data_ptr<scalar_t>();
     with_vec<scalar_t>(g.logits.args.I, {g.logits.args.x, xp, gp, dxp, dzp}, [&]<int VEC>() {
       constexpr int threads = 256;
-      gate_backward_kernel<scalar_t, VEC>
-          <<<cuda::grid_for(dlogits.numel() / VEC, threads), threads, 0, stream>>>(
-              g.logits.args, xp, gp, dxp, dzp, static_cast<at::opmath_type<scalar_t>>(inv_t),
-              hard);
+      const int64_t chunks = dlogits.numel() / VEC;
+      gate_backward_kernel<scalar_t, VEC><<<cuda::grid_for(chunks, threads), threads, 0, stream>>>(
+          g.logits.args, step_of(g.logits.args, g.logits.args.I / VEC, chunks), xp, gp, dxp, dzp,
+          static_cast<at::opmath_type<scalar_t>>(inv_t), hard);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
