@@ -488,12 +488,12 @@ def test_cuda_tier_forward(dtype):
 @pytest.mark.parametrize("dtype", _LOW)
 def test_cuda_tier_forward_mask_and_bias(dtype):
     """The tiers with a mask and / or bias tensor (contiguous keys), at every
-    tier edge: mask and bias rows aligned as the output or not (a mask row
-    offset by one key, a broadcast mask, a bias view offset by one), finfo.min
-    and -inf in the bias, rows that the mask hides entirely, with lengths,
-    causal, softcap and sinks; softmax and log-softmax."""
+    tier edge and the first row past them (the general kernels): x, mask and
+    bias rows aligned as the output or not (views offset by one key, a
+    broadcast mask), finfo.min and -inf in the bias, rows that the mask hides
+    entirely, with lengths, causal, softcap and sinks; softmax and log-softmax."""
     for Tk in tier_edges(dtype, backward=False, general=True):
-        x = torch.randn(3, 2, 5, Tk, device="cuda").mul(3).to(dtype)
+        xo = torch.randn(3, 2, 5, Tk + 1, device="cuda").mul(3).to(dtype)
         mo = torch.rand(3, 2, 5, Tk + 1, device="cuda") > 0.3
         mo[1, 0, 2] = False  # a row that the mask hides
         bo = torch.randn(2, 5, Tk + 1, device="cuda").to(dtype)
@@ -505,7 +505,7 @@ def test_cuda_tier_forward_mask_and_bias(dtype):
                dict(mask=mo[:, :1, :1, :Tk], bias=bo[..., 1:], causal=True, sinks=sinks),
                dict(bias=bo[..., :Tk], softcap=2.0, scale=0.5),
                dict(mask=mo[..., 1:], bias=bo[..., :Tk], lengths=L, sinks=sinks)]
-        for kw in kws:
+        for x, kw in itertools.product([xo[..., :Tk], xo[..., 1:]], kws):  # x aligned or not
             _check_softmax_and_log(x, **kw)
 
 
