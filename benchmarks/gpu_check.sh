@@ -18,7 +18,7 @@
 #
 # --steps: only these steps (default all; the build always runs), to spend a
 # second, shorter GPU call on what the first one did not reach. --tests: what
-# the tests step runs (default "tests"), e.g. --tests='tests -k errors'.
+# the tests step runs (default: tests -k "not cpu"), e.g. --tests='tests -k errors'.
 #
 # --dry-run (no GPU needed; run it whenever this script or a benchmark
 # changed): every step on the CPU with the installed build (built CPU-only
