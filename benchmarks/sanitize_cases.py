@@ -1,5 +1,5 @@
 """Exercises every CUDA kernel path once on small inputs, for compute-sanitizer
-(memcheck, racecheck): every register tier of the softmax (tier A and B sizes),
+(memcheck, racecheck): every register tier of the softmax (tiers A to D),
 warp-per-row and block-per-row softmax, fast and general (mask/bias) paths,
 odd alignments, forward and backward (and double backward), NaN and +inf rows,
 huge window sides, the mask, padding and gate kernels.
@@ -10,6 +10,7 @@ huge window sides, the mask, padding and gate kernels.
 where there is no GPU).
 """
 import argparse
+import itertools
 import sys
 
 import torch
@@ -51,22 +52,28 @@ def main():
     # reach every tier size of fp16 / bf16 and fp32, forward and backward, with
     # rows and dy misaligned (tests/test_softmax.py::_tier tells which tier a
     # length gets): 4 to 32 lanes per row with 1 to 4 chunks each, a warp with
-    # 2 to 8 chunks per lane, 128, 256 and 512 threads per row, and past the
-    # tiers (20000: fp32, and the fp16 / bf16 backward).
-    for dtype in (torch.float16, torch.bfloat16, torch.float32):
-        for Tk in (20, 40, 100, 200, 300, 600, 2000, 3000, 6000, 12000, 20000):
-            x = torch.randn(3, 2, 5, Tk + 1, device=dev, dtype=dtype)[..., 1:]
-            dy = torch.randn(3, 2, 5, Tk + 1, device=dev, dtype=dtype)[..., 1:]
+    # 2 to 8 chunks per lane; in 30 rows (fewer than SMs) tier D on sm_90 from
+    # 6000 fp32 / 12000 fp16 keys (2, 4 and 8 CTAs per row); in 156 rows (more
+    # than SMs) 128 to 512 threads per row, and tier D by length (4 CTAs).
+    for dtype, rows in itertools.product((torch.float16, torch.bfloat16, torch.float32), (30, 156)):
+        if rows == 30:
+            lengths = (20, 40, 100, 200, 300, 600, 2000, 3000, 6000, 12000, 20000)
+        else:
+            lengths = (6000, 12000, 20000) if dtype == torch.float32 else (12000, 30000, 40000)
+        for Tk in lengths:
+            x = torch.randn(3, 2, rows // 6, Tk + 1, device=dev, dtype=dtype)[..., 1:]
+            dy = torch.randn(3, 2, rows // 6, Tk + 1, device=dev, dtype=dtype)[..., 1:]
             L = torch.tensor([0, Tk, Tk // 2 + 1], device=dev)
-            QL = torch.tensor([5, 2, 0], device=dev, dtype=torch.int32)
+            QL = torch.tensor([rows // 6, 2, 0], device=dev, dtype=torch.int32)
             for fn in (maskext.masked_softmax, maskext.masked_log_softmax):
                 for xx in (x, x.contiguous()):
                     # detach(), not clone(): a clone of the view would be contiguous
                     xr = xx.detach().requires_grad_()
                     fn(xr, lengths=L, causal=True, q_lengths=QL, scale=0.5).backward(dy)
     # Long rows (Tk > 65536) in few rows (fewer than the GPU has SMs), misaligned:
-    # the split kernels (no mask tensor: lengths; softcap and sinks) and the
-    # general kernel (mask and bias).
+    # fp16 forward tier D (8 CTAs of 8 chunks) on sm_90, fp32 forward the split
+    # kernels (no mask tensor: lengths; softcap and sinks), the backward and
+    # the mask and bias path the general kernels.
     for dtype in (torch.float16, torch.float32):
         Tk = 70001
         x = torch.randn(2, 1, 2, Tk + 1, device=dev, dtype=dtype)[..., 1:]

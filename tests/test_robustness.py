@@ -94,8 +94,9 @@ def test_cpu_argument_with_cuda_data_is_an_error(case):
 
 @pytest.mark.parametrize("fn", ["masked_softmax", "masked_log_softmax"])
 # On CUDA, 6 and 1500 keys: the register tiers; 20000 fp32 keys: longer than
-# the tiers, the split rows without mask and bias, a block per row with them.
-@pytest.mark.parametrize("Tk", [6, 1500, 20000])
+# the block tiers, tier D (sm_90) or the split rows without mask and bias, a
+# block per row with them; 70000: the split rows without, longer than tier D.
+@pytest.mark.parametrize("Tk", [6, 1500, 20000, 70000])
 @pytest.mark.parametrize("general", [False, True])  # with mask and bias tensors
 def test_nan_rule(device, fn, Tk, general):
     """A NaN (or +inf) visible score makes every visible output of its row NaN;

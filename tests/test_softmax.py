@@ -1,4 +1,5 @@
 """Fused masked softmax (forward and backward) against maskext.reference."""
+import functools
 import itertools
 import math
 
@@ -405,13 +406,46 @@ def test_log_softmax_opcheck(device):
 
 # ---------------------------------------------------------------- CUDA register tiers
 
-def _tier(Tk, dtype, backward, general=False):
+@functools.lru_cache(maxsize=None)
+def _cluster_sms():
+    """The SMs of the GPU when it runs tier D (thread-block clusters: sm_90 or
+    later, and the tests' build is for the visible GPU), else None."""
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:
+        return None
+    return torch.cuda.get_device_properties(0).multi_processor_count
+
+
+def _cluster(need, rows, max_p, block_max):
+    """Tier D's ("D", CTAs per row, chunks per thread) for `rows` rows of `need`
+    16-byte chunks, None where it does not apply; mirrors cluster_plan."""
+    sms = _cluster_sms()
+    if sms is None or need <= 1024 or need > 8 * 256 * max_p or (need <= block_max and rows >= sms):
+        return None
+    C = 1
+    while C * 256 * max_p < need:
+        C *= 2
+    while C < 8 and rows * C < sms and need > C * 256 * 2:
+        C *= 2
+    P = 2
+    while C * 256 * P < need:
+        P *= 2
+    return "D", C, P
+
+
+def _tier(Tk, dtype, backward, general=False, rows=30):
     """The register tier, (threads per row, 16-byte chunks per thread), that
-    csrc/cuda/softmax_kernels.cuh picks for rows of Tk keys (general: with a mask
-    or bias tensor), None for the general kernels; mirrors tier_chunks,
+    csrc/cuda/softmax_kernels.cuh picks for `rows` rows of Tk keys (general:
+    with a mask or bias tensor), tier D as ("D", CTAs, chunks per thread), None
+    for the general and split kernels; mirrors tier_chunks, cluster_plan,
     with_forward_tier and with_tier there."""
     vec = 128 // torch.finfo(dtype).bits  # elements in 16 bytes
     need = Tk // vec if Tk % vec == 0 else (Tk + 2 * vec - 2) // vec
+    if backward:  # launch_tier_d<T, LOG, true>: y and dy, half the forward's chunks
+        cluster = _cluster(need, rows, 8 if vec == 4 else 4, 4096 if vec == 4 else 2048)
+    else:
+        cluster = None if general else _cluster(need, rows, 8, 4096)
+    if cluster:
+        return cluster
     if not backward:  # with_forward_tier<MAXP>: 16 for fp32 without mask or bias, else 8
         tiers = [(4, 1), (4, 2), (4, 4), (8, 4), (16, 4), (32, 4), (32, 8), (128, 4), (128, 8)]
         tiers += [(128, 16), (256, 16)] if vec == 4 and not general else [(256, 8), (512, 8)]
@@ -428,12 +462,14 @@ def _tier(Tk, dtype, backward, general=False):
     return None
 
 
-def tier_edges(dtype, backward, general=False):
-    """Every Tk where the kernel choice changes and the one after it (a tier's
-    longest row, the next tier's or the general kernels' shortest), and short rows."""
-    edges = {1, 2, 3, 8, 9}
-    for Tk in range(1, 33000):
-        if _tier(Tk, dtype, backward, general) != _tier(Tk + 1, dtype, backward, general):
+def tier_edges(dtype, backward, general=False, rows=30, start=1):
+    """Every Tk >= start where the kernel choice for `rows` rows changes and the
+    one after it (a tier's longest row, the next tier's or the general
+    kernels' shortest), and short rows."""
+    edges = {Tk for Tk in (1, 2, 3, 8, 9) if Tk >= start}
+    for Tk in range(start, 132000):
+        if _tier(Tk, dtype, backward, general, rows) != _tier(Tk + 1, dtype, backward, general,
+                                                              rows):
             edges |= {Tk, Tk + 1}
     return sorted(edges)
 
@@ -511,12 +547,42 @@ def test_cuda_tier_forward_mask_and_bias(dtype):
 
 @_CUDA
 @pytest.mark.parametrize("dtype", _LOW)
+@pytest.mark.parametrize("fill", [1, 2])  # rows >= SMs / fill
+def test_cuda_tier_forward_many_rows(dtype, fill):
+    """As many rows as SMs (or half), rows of more than 1024 chunks: the block
+    tiers up to their longest rows (with fewer rows than SMs, tier D takes
+    them), then tier D by row length (4 and 8 CTAs of 8 chunks per thread; 2
+    CTAs of 4 and 8 chunks for half as many rows), then the split rows; x
+    aligned and not, lengths 0, 1, Tk and between, causal with sinks. The
+    backward likewise (its tier D holds rows of 64K keys)."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    Tq = -(-sms // (3 * fill))  # 3 x Tq rows >= SMs / fill
+    vec = 128 // torch.finfo(dtype).bits
+    for Tk in tier_edges(dtype, backward=False, rows=3 * Tq, start=1024 * vec - 1):
+        base = torch.randn(3, 1, Tq, Tk + 1, device="cuda").mul(3).to(dtype)
+        L = torch.tensor([Tk, int(torch.randint(1, Tk + 1, ())), 0], device="cuda")
+        QL = torch.tensor([Tq, 1, Tq], device="cuda")
+        kws = [{}, dict(lengths=L), dict(lengths=L, causal=True, q_lengths=QL,
+                                         sinks=torch.randn(1, 1, device="cuda") * 3)]
+        for x, kw in itertools.product([base[..., 1:], base[..., :Tk]], kws):
+            _check_softmax_and_log(x, **kw)
+    for Tk in tier_edges(dtype, backward=True, rows=3 * Tq, start=1024 * vec - 1):
+        x = torch.randn(3, 1, Tq, Tk, device="cuda").mul(3).to(dtype)
+        L = torch.tensor([Tk, int(torch.randint(1, Tk + 1, ())), 0], device="cuda")
+        dy = torch.randn(3, 1, Tq, Tk + 1, device="cuda").to(dtype)[..., 1:]  # misaligned
+        for kw in ({}, dict(lengths=L, causal=True)):
+            _check_grads(x, dy, **kw)
+
+
+@_CUDA
+@pytest.mark.parametrize("dtype", _LOW)
 def test_cuda_split_rows(dtype):
-    """Rows longer than the tiers and fewer than two per SM (a decode step):
+    """Rows longer than the tiers (tier D included) and fewer than two per SM:
     the split kernels (launch_split_forward), each row over several blocks.
     The same inputs as the tiers' (misaligned rows, lengths 0, every kind,
     softcap, sinks), the NaN rule, and a fully masked batch element."""
-    longest = 16384 if dtype == torch.float32 else 32768  # the tiers' longest row
+    vec = 128 // torch.finfo(dtype).bits
+    longest = 16384 * vec if _cluster_sms() else 4096 * vec  # tier D's or tier C's
     for Tk in (longest + 1, 2 * longest + 37):
         assert _tier(Tk, dtype, backward=False) is None
         x = _check_forward_inputs(Tk, dtype)[0].clone()
@@ -530,6 +596,22 @@ def test_cuda_split_rows(dtype):
                                    rtol=0)
 
 
+def _check_grads(x, dy, **kw):
+    """The gradients of masked_softmax and masked_log_softmax against the
+    reference's (fp32); exactly 0 at masked positions."""
+    for fn in (maskext.masked_softmax, maskext.masked_log_softmax):
+        xg = x.detach().requires_grad_()
+        (got,) = torch.autograd.grad(fn(xg, **kw), xg, dy)
+        x32 = x.detach().float().requires_grad_()
+        ref = R.masked_softmax if fn is maskext.masked_softmax else R.masked_log_softmax
+        (want,) = torch.autograd.grad(ref(x32, compute_dtype=torch.float32, **kw), x32,
+                                      dy.float())
+        atol = 1e-5 if x.dtype == torch.float32 else 0.05
+        torch.testing.assert_close(got.float(), want, atol=atol, rtol=0.016)
+        visible = R.masked_softmax(x.double(), **kw) > 0
+        assert (got[~visible] == 0).all(), (x.shape, kw)
+
+
 @_CUDA
 @pytest.mark.parametrize("dtype", _LOW)
 def test_cuda_tier_backward(dtype):
@@ -538,23 +620,13 @@ def test_cuda_tier_backward(dtype):
         dys = [torch.randn(3, 2, 5, Tk, device="cuda").to(dtype),
                torch.randn(3, 2, 5, Tk + 1, device="cuda").to(dtype)[..., 1:]]  # misaligned dy
         for i, (x, kw) in enumerate(itertools.product(xs, kws[:4])):
-            dy = dys[i % 2]
-            for fn in (maskext.masked_softmax, maskext.masked_log_softmax):
-                xg = x.detach().requires_grad_()
-                (got,) = torch.autograd.grad(fn(xg, **kw), xg, dy)
-                x32 = x.detach().float().requires_grad_()
-                ref = R.masked_softmax if fn is maskext.masked_softmax else R.masked_log_softmax
-                (want,) = torch.autograd.grad(ref(x32, compute_dtype=torch.float32, **kw), x32,
-                                              dy.float())
-                atol = 1e-5 if dtype == torch.float32 else 0.05
-                torch.testing.assert_close(got.float(), want, atol=atol, rtol=0.016)
-                visible = R.masked_softmax(x.double(), **kw) > 0
-                assert (got[~visible] == 0).all(), (Tk, kw)
+            _check_grads(x, dys[i % 2], **kw)
 
 
 @_CUDA
 @pytest.mark.parametrize("dtype", _LOW)
-@pytest.mark.parametrize("Tk", [6, 100, 1000, 5000])  # tier A, tier B (1 chunk, 8+), tier C
+# tier A, tier B (1 chunk, 8+), tier C, tier D (24 rows: 8 CTAs of 2 or 4 chunks per thread)
+@pytest.mark.parametrize("Tk", [6, 100, 1000, 5000, 20000])
 def test_cuda_tier_nan_and_inf(dtype, Tk):
     """The NaN rule in the register tiers: a NaN or +inf visible score (or sink)
     makes the row's visible outputs NaN except at -inf scores (masked positions),

@@ -4,6 +4,9 @@
 // keys, fp32 rows of up to 16K (backward: 16K for all; with a mask or bias
 // tensor, whose keys must be contiguous: 16K and 8K), are read once into
 // registers.
+// Tier D (sm_90, no mask or bias): rows too long for a block, up to 128K
+// fp16 / bf16 keys and 64K fp32, or too few to fill the GPU, over the CTAs of
+// a thread-block cluster, read once (cluster_plan).
 // General kernels, for everything else (fp64, longer rows, strided mask /
 // bias keys): THREADS threads share one row, a warp for rows up to 1024 keys
 // (several rows per block), a whole block for longer rows; the visible
@@ -23,6 +26,7 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cooperative_groups.h>
 
 #include <algorithm>
 #include <limits>
@@ -526,6 +530,68 @@ __device__ __forceinline__ float group_reduce(float v, unsigned mask, float* par
 __device__ __forceinline__ float max_op(float a, float b) { return fmaxf(a, b); }
 __device__ __forceinline__ float sum_op(float a, float b) { return a + b; }
 
+// Tier D: the most CTAs in a cluster (the portable limit).
+constexpr int kClusterMax = 8;
+
+// Tier D: one exchange of the CTAs' (max, sum) pairs of a row through
+// distributed shared memory (sm_90). `mine` is this CTA's pair: its max m (-inf
+// when it holds no finite score) and its sum s of 2^(u - m), u in base 2 (s =
+// 0 when m = -inf); `slot` is this CTA's pair in shared memory. Returns the
+// row's (max, sum of 2^(u - max)), the same in every CTA (the pairs merged in
+// rank order everywhere; with m = 0 everywhere, a plain sum); a NaN sum stays
+// NaN. The caller must keep its shared memory alive until every CTA has read
+// it: cluster_done() before it exits. Every thread of every CTA of the
+// cluster must call it.
+__device__ __forceinline__ float2 cluster_merge(float2 mine, float2* slot) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  const cg::cluster_group cl = cg::this_cluster();
+  if (threadIdx.x == 0) *slot = mine;
+  cl.sync();
+  const unsigned n = cl.num_blocks();
+  float2 w[kClusterMax];  // every load issued before any is used
+#pragma unroll
+  for (int q = 0; q < kClusterMax; ++q) {
+    w[q] = q < n ? *cl.map_shared_rank(slot, q) : make_float2(-INFINITY, 0.f);
+  }
+  cl.barrier_arrive();  // this CTA is done reading its peers' slots
+  float m = w[0].x;
+#pragma unroll
+  for (int q = 1; q < kClusterMax; ++q) m = fmaxf(m, w[q].x);
+  float s = 0.f;
+#pragma unroll
+  for (int q = 0; q < kClusterMax; ++q) s += w[q].y == 0.f ? 0.f : w[q].y * exp2f(w[q].x - m);
+  return make_float2(m, s);
+#else
+  __trap();  // the host launches tier D only for code built for sm_90 or later
+  return mine;
+#endif
+}
+
+// Tier D: waits until every CTA of the cluster has read this CTA's slot.
+__device__ __forceinline__ void cluster_done() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  cooperative_groups::this_cluster().barrier_wait();
+#endif
+}
+
+// Tier D: this CTA's rank in its cluster and the cluster's size.
+__device__ __forceinline__ unsigned cluster_rank() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  return cooperative_groups::this_cluster().block_rank();
+#else
+  return 0;
+#endif
+}
+
+__device__ __forceinline__ unsigned cluster_blocks() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  return cooperative_groups::this_cluster().num_blocks();
+#else
+  return 1;
+#endif
+}
+
 // What the outputs of a row need from its max m (0 when every score is -inf)
 // and its sum s of exp(z - m): the one place where (max, sum) become the
 // normaliser. `sink`, when not null, is the row's extra logit (attention
@@ -599,6 +665,18 @@ __device__ __forceinline__ void load_row(const T* __restrict__ src, int lo, int 
         }
       }
     }
+  }
+}
+
+// out[k]: the lane's chunk k lies wholly outside [lo, hi) (neither read nor
+// computed by the tiers, only written as the masked value).
+template <typename T, int G, int P>
+__device__ __forceinline__ void outside_chunks(int lo, int hi, int lane, int a0, bool (&out)[P]) {
+  constexpr int VEC = Vec16<T>::N;
+#pragma unroll
+  for (int k = 0; k < P; ++k) {
+    const int p = (lane + G * k) * VEC - a0;
+    out[k] = p >= hi || p + VEC <= lo;
   }
 }
 
@@ -680,15 +758,26 @@ __device__ __forceinline__ void store_row(T* __restrict__ o, int Tk, int lane, i
 
 // GENERAL: a mask and/or bias tensor (contiguous keys, tier_chunks) joins
 // the scores as they are loaded, by the rule of the general kernel's `score`.
-template <typename T, int G, int P, bool LOG, bool GENERAL>
-__global__ void __launch_bounds__(kTierBlock<G>, (kTierForwardMinBlocks<G, P, GENERAL>))
+// CLUSTER (tier D, sm_90): a row over the CTAs of a thread-block cluster, CTA q
+// of the cluster holding the row's chunks [q * G * P, (q + 1) * G * P) as a
+// block of G threads holds a row of G * P chunks; the CTAs' (max, sum) pairs
+// meet once in distributed shared memory (cluster_merge).
+// Tier D's register budget is the 8-chunk one (2 CTAs per SM) at every P: at
+// 5 CTAs per SM (48 registers) the 2-chunk kernel spilled the merge's pairs.
+template <typename T, int G, int P, bool LOG, bool GENERAL, bool CLUSTER = false>
+__global__ void __launch_bounds__(kTierBlock<G>, (CLUSTER ? kTierMinBlocks<G, 8>
+                                                          : kTierForwardMinBlocks<G, P, GENERAL>))
     softmax_tier_forward_kernel(SoftmaxArgs a, RowDiv d) {
+  static_assert(!CLUSTER || (G == kTierBlock<G> && !GENERAL), "tier D: a block per CTA, no mask");
   constexpr int VEC = Vec16<T>::N;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   __shared__ float part[2][G > 32 ? G / 32 : 1];  // tier C: the max, then the sum
-  const uint32_t r = blockIdx.x * (kTierBlock<G> / G) + threadIdx.x / G;
+  __shared__ float2 cluster_slot[1];  // tier D: this CTA's (max, sum)
+  const uint32_t r = CLUSTER ? blockIdx.x / cluster_blocks()
+                             : blockIdx.x * (kTierBlock<G> / G) + threadIdx.x / G;
   if (r >= a.rows()) return;  // whole rows: the G lanes of a row leave together
-  const int lane = threadIdx.x % G;
+  // The thread's first chunk in the row (its chunks are lane + G * k).
+  const int lane = CLUSTER ? cluster_rank() * G * P + threadIdx.x : threadIdx.x % G;
   const unsigned mask = group_mask<G>();
   const TierRow pos = tier_row(r, d);
   int64_t lo64, hi64;
@@ -726,11 +815,7 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kTierForwardMinBlocks<G, P, GE
                                                pos.h * a.ss[1] + pos.i * a.ss[2];
   const bool vec = same_alignment(xr, o);
   bool out[P];
-#pragma unroll
-  for (int k = 0; k < P; ++k) {
-    const int p = (lane + G * k) * VEC - a0;
-    out[k] = p >= hi || p + VEC <= lo;
-  }
+  outside_chunks<T, G, P>(lo, hi, lane, a0, out);
   // v = the scores u (softcapped), -inf outside [lo, hi); chunks out[k] untouched.
   auto load_scores = [&] {
     RawRow<T, P> raw;
@@ -808,12 +893,23 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kTierForwardMinBlocks<G, P, GE
 #pragma unroll
   for (int k = 1; k < P; ++k) m = fmaxf(m, part_m[k]);
   m = group_reduce<G>(m, mask, part[0], max_op);
+  const float m_block = m;  // tier D: this CTA's max, -inf when it has no finite score
   if (m == kNegInf) m = 0.f;  // every score -inf: 2^(-inf - 0) = 0, no NaN
   float part_s[P];
-  auto chunk_sums = [&] {
+  // The row's sum of 2^(u - m) and, in tier D, the row's max m and the factor
+  // 2^(m_block - m) that turns this CTA's exps into the row's.
+  float block_factor = 1.f;
+  auto row_sum = [&] {
     float s = 0.f;
 #pragma unroll
     for (int k = 0; k < P; ++k) s += part_s[k];
+    s = group_reduce<G>(s, mask, part[1], sum_op);
+    if constexpr (CLUSTER) {
+      const float2 row = cluster_merge(make_float2(m_block, s), cluster_slot);
+      block_factor = s == 0.f ? 0.f : exp2f(m - row.x);  // s == 0: every exp here is 0
+      m = row.x == kNegInf ? 0.f : row.x;
+      s = row.y;
+    }
     return s;
   };
   if constexpr (LOG) {
@@ -824,8 +920,8 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kTierForwardMinBlocks<G, P, GE
 #pragma unroll
       for (int e = 0; e < VEC; ++e) part_s[k] += exp2_ftz(v[k][e] - m);
     }
-    const float s = chunk_sums();
-    const RowNorm n = row_norm(m * kLn2, group_reduce<G>(s, mask, part[1], sum_op), sink);
+    const float s = row_sum();
+    const RowNorm n = row_norm(m * kLn2, s, sink);
 #pragma unroll
     for (int k = 0; k < P; ++k) {
       if (out[k]) continue;
@@ -847,8 +943,8 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kTierForwardMinBlocks<G, P, GE
         part_s[k] += v[k][e];
       }
     }
-    const float s = chunk_sums();
-    const RowNorm n = row_norm(m * kLn2, group_reduce<G>(s, mask, part[1], sum_op), sink);
+    const float s = row_sum();
+    const RowNorm n = row_norm(m * kLn2, s, sink);
     if (n.poisoned) {
       // Rare: NaN at every visible position but those whose score is -inf,
       // which the exps no longer tell apart: read the row again.
@@ -862,28 +958,34 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kTierForwardMinBlocks<G, P, GE
         }
       }
     } else {
+      const float c = n.c * block_factor;
 #pragma unroll
       for (int k = 0; k < P; ++k) {
         if (out[k]) continue;
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) v[k][e] *= n.c;
+        for (int e = 0; e < VEC; ++e) v[k][e] *= c;
       }
     }
   }
   store_row<T, G, P>(o, Tk, lane, a0, v, out, masked);
+  if constexpr (CLUSTER) cluster_done();
 }
 
 // Backward of the tiers: y and dy held in registers as raw bits (read once),
 // converted on use. Softmax: dx = scale * y * (dy - sum(dy * y)); LOG: dx =
 // scale * (dy - exp(y) * sum(dy)) where y != finfo.min; 0 outside [lo, hi).
-template <typename T, int G, int P, bool LOG>
+// CLUSTER: tier D, as in the forward (the CTAs' sums meet in cluster_merge).
+template <typename T, int G, int P, bool LOG, bool CLUSTER = false>
 __global__ void __launch_bounds__(kTierBlock<G>, (kTierMinBlocks<G, P>)) softmax_tier_backward_kernel(
     SoftmaxArgs a, RowDiv d) {
+  static_assert(!CLUSTER || G == kTierBlock<G>, "tier D: a block per CTA");
   constexpr int VEC = Vec16<T>::N;
   __shared__ float part[G > 32 ? G / 32 : 1];  // tier C: the sum
-  const uint32_t r = blockIdx.x * (kTierBlock<G> / G) + threadIdx.x / G;
+  __shared__ float2 cluster_slot[1];            // tier D: this CTA's sum
+  const uint32_t r = CLUSTER ? blockIdx.x / cluster_blocks()
+                             : blockIdx.x * (kTierBlock<G> / G) + threadIdx.x / G;
   if (r >= a.rows()) return;
-  const int lane = threadIdx.x % G;
+  const int lane = CLUSTER ? cluster_rank() * G * P + threadIdx.x : threadIdx.x % G;
   const unsigned mask = group_mask<G>();
   const TierRow pos = tier_row(r, d);
   int64_t lo64, hi64;
@@ -912,11 +1014,7 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kTierMinBlocks<G, P>)) softmax
   // nor computed, only written as 0 (the padded backward ran at the full
   // row's time on the H200 while reading 25 % less: instructions per element).
   bool out[P];
-#pragma unroll
-  for (int k = 0; k < P; ++k) {
-    const int p = (lane + G * k) * VEC - a0;
-    out[k] = p >= hi || p + VEC <= lo;
-  }
+  outside_chunks<T, G, P>(lo, hi, lane, a0, out);
   const float ymin = static_cast<float>(std::numeric_limits<T>::lowest());
   float dot = 0.f;
 #pragma unroll
@@ -929,6 +1027,7 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kTierMinBlocks<G, P>)) softmax
     for (int e = 0; e < VEC; ++e) dot += LOG ? (yv[e] == ymin ? 0.f : gv[e]) : yv[e] * gv[e];
   }
   dot = group_reduce<G>(dot, mask, part, sum_op);
+  if constexpr (CLUSTER) dot = cluster_merge(make_float2(0.f, dot), cluster_slot).y;  // a plain sum
   const float scale = static_cast<float>(a.scale);
 #pragma unroll
   for (int k = 0; k < P; ++k) {
@@ -950,6 +1049,7 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kTierMinBlocks<G, P>)) softmax
     }
   }
   store_row<T, G, P>(o, Tk, lane, a0, v, out, 0.f);
+  if constexpr (CLUSTER) cluster_done();
 }
 
 // Which tier holds rows of `a`, as the number of 16-byte chunks a row needs
@@ -1245,6 +1345,124 @@ void launch_tier_forward(const SoftmaxArgs& a, int64_t chunks, cudaStream_t stre
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// ------------------------------------------------------------------ tier D
+//
+// Rows too long for one block's registers, or too few to fill the GPU with a
+// block each (a decode step: 128 rows of 64K fp16 keys; 16 rows of 32K on 132
+// SMs), held in the registers of a thread-block cluster (sm_90): C CTAs of
+// kClusterBlock threads, P chunks per thread, one read of the row and one
+// exchange of (max, sum) pairs in distributed shared memory (cluster_merge).
+// The forward and the backward (which holds y and dy: half the chunks per
+// thread). The split kernels (forward) and the general kernels, which read
+// the visible keys twice, remain for longer rows and for GPUs or builds
+// without clusters.
+constexpr int kClusterBlock = 256;
+// Chunks per thread at most: the forward's 8 (64 fp16 scores; fp32's 16
+// would allow one CTA per SM), the backward's tiers' (y and dy).
+template <typename T, bool BACKWARD>
+constexpr int kTierDMaxP = BACKWARD ? kTierMaxP<T> / 2 : 8;
+// The longest rows, in chunks: 128K fp16 / bf16 keys and 64K fp32 forward,
+// 64K keys backward.
+template <typename T, bool BACKWARD>
+constexpr int64_t kTierDMaxChunks = int64_t(kClusterMax) * kClusterBlock * kTierDMaxP<T, BACKWARD>;
+
+struct ClusterPlan {
+  int C = 0, P = 0;  // CTAs per row, chunks per thread; C = 0: not tier D
+};
+
+// The plan for `rows` rows of `chunks` chunks on `sms` SMs, at most max_p
+// chunks per thread, where one block's tiers hold rows of up to block_max
+// chunks: longer rows (up to 8 CTAs of max_p chunks per thread) take the fewest
+// CTAs of max_p chunks per thread that hold them; fewer rows than SMs, with
+// more than a 128-thread block's 1024 chunks, spread over twice the CTAs (half
+// the chunks per thread, at least 2) until they cover the SMs or reach 8 CTAs.
+// Otherwise the block tiers.
+inline ClusterPlan cluster_plan(int64_t rows, int64_t chunks, int64_t sms, int max_p,
+                                int64_t block_max) {
+  if (chunks <= 1024 || chunks > int64_t(kClusterMax) * kClusterBlock * max_p ||
+      (chunks <= block_max && rows >= sms) || rows > (int64_t(1) << 31) / kClusterMax) {
+    return {};
+  }
+  int C = 1;
+  while (int64_t(C) * kClusterBlock * max_p < chunks) C *= 2;
+  while (C < kClusterMax && rows * C < sms && chunks > int64_t(C) * kClusterBlock * 2) C *= 2;
+  int P = 2;
+  while (int64_t(C) * kClusterBlock * P < chunks) P *= 2;
+  return {C, P};
+}
+
+// The launch configuration of tier D: rows x C CTAs in clusters of C.
+struct ClusterLaunch {
+  cudaLaunchConfig_t cfg{};
+  cudaLaunchAttribute cluster{};
+  ClusterLaunch(const ClusterLaunch&) = delete;  // cfg points to cluster
+  ClusterLaunch(int64_t rows, int C, cudaStream_t stream) {
+    cfg.gridDim = dim3(static_cast<unsigned>(rows * C));
+    cfg.blockDim = dim3(kClusterBlock);
+    cfg.stream = stream;
+    cluster.id = cudaLaunchAttributeClusterDimension;
+    cluster.val.clusterDim.x = C;
+    cluster.val.clusterDim.y = 1;
+    cluster.val.clusterDim.z = 1;
+    cfg.attrs = &cluster;
+    cfg.numAttrs = 1;
+  }
+};
+
+// Whether `kernel` can run here in clusters of C CTAs: the device launches
+// clusters, the kernel's code was built for sm_90 or later (a build for sm_80
+// only, run from its PTX, has no cluster code: cluster_merge traps), and a
+// cluster of C fits on the GPU.
+template <typename Kernel>
+bool cluster_fits(Kernel kernel, int C) {
+  int dev = 0, launch = 0, fits = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&dev));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&launch, cudaDevAttrClusterLaunch, dev));
+  cudaFuncAttributes attr{};
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+  if (launch == 0 || attr.ptxVersion < 90) return false;
+  ClusterLaunch l(1, C, nullptr);
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&fits, kernel, &l.cfg));
+  return fits > 0;
+}
+
+// Launches tier D (forward, or BACKWARD) for the rows of `a` when
+// cluster_plan picks it and the GPU runs it; false: another kernel must.
+template <typename T, bool LOG, bool BACKWARD>
+bool launch_tier_d(const SoftmaxArgs& a, int64_t chunks, cudaStream_t stream) {
+  constexpr int kMaxP = kTierDMaxP<T, BACKWARD>;
+  const ClusterPlan plan =
+      cluster_plan(a.rows(), chunks, cuda::sm_count(), kMaxP,
+                   BACKWARD ? kTierMaxChunks<kMaxP> : kForwardTierMaxChunks);
+  bool launched = false;
+  auto launch = [&]<int P>() {
+    if constexpr (P <= kMaxP) {
+      if (plan.P != P) return;
+      void (*kernel)(SoftmaxArgs, RowDiv);
+      if constexpr (BACKWARD) {
+        kernel = softmax_tier_backward_kernel<T, kClusterBlock, P, LOG, true>;
+      } else {
+        kernel = softmax_tier_forward_kernel<T, kClusterBlock, P, LOG, false, true>;
+      }
+      // Asked once per kernel and C (one architecture per process): 0 not
+      // yet, 1 yes, -1 no.
+      static int fits[kClusterMax + 1] = {};
+      if (fits[plan.C] == 0) fits[plan.C] = cluster_fits(kernel, plan.C) ? 1 : -1;
+      if (fits[plan.C] < 0) return;
+      ClusterLaunch l(a.rows(), plan.C, stream);
+      const RowDiv d{cuda::FastDiv(a.Tq), cuda::FastDiv(a.H)};
+      C10_CUDA_CHECK(cudaLaunchKernelEx(&l.cfg, kernel, a, d));
+      launched = true;
+    }
+  };
+  if (plan.C != 0) {
+    launch.template operator()<2>();
+    launch.template operator()<4>();
+    launch.template operator()<8>();
+  }
+  return launched;
+}
+
 // The mask/bias tiers, compiled in their own translation units
 // (softmax_masked_<dtype>.cu: the sm_90 build of a dtype's file went from 75
 // to 126 s when they joined it, and the files compile in parallel).
@@ -1253,14 +1471,20 @@ void launch_masked_tier_forward(const SoftmaxArgs& a, int64_t chunks, cudaStream
   launch_tier_forward<T, LOG, true>(a, chunks, stream);
 }
 
-// The one place that picks a kernel: the register tiers for the fp16, bf16
-// and fp32 rows they hold (a mask or bias only with contiguous keys), else the
-// split rows for longer rows too few to fill the GPU (no mask or bias), else a warp per row
-// up to kWarpRowMax keys, else a block per row.
+// The one place that picks a kernel: without a mask or bias tensor, tier D
+// (cluster_plan) where it applies and the GPU runs clusters; the register
+// tiers for the fp16, bf16 and fp32 rows they hold (a mask or bias only with
+// contiguous keys); else the split rows for longer rows too few to fill the
+// GPU (no mask or bias); else a warp per row up to kWarpRowMax keys, else a
+// block per row.
 template <typename T, bool LOG>
 void launch_softmax_forward(const SoftmaxArgs& a, cudaStream_t stream) {
   if constexpr (kTierMaxP<T> > 0) {
     const bool general = a.mask != nullptr || a.bias != nullptr;
+    if (!general) {
+      const int64_t chunks = tier_chunks<T>(a, kTierDMaxChunks<T, false>);
+      if (chunks != 0 && launch_tier_d<T, LOG, false>(a, chunks, stream)) return;
+    }
     if (const int64_t chunks =
             tier_chunks<T>(a, general ? kGeneralTierMaxChunks : kForwardTierMaxChunks)) {
       if (general) {
@@ -1295,11 +1519,13 @@ void launch_softmax_forward(const SoftmaxArgs& a, cudaStream_t stream) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// As launch_softmax_forward; the tiers hold y and dy, so half the chunks per thread
-// (rows of up to 16K keys, every dtype).
+// As launch_softmax_forward; the tiers hold y and dy, so half the chunks per
+// thread (rows of up to 16K keys in a block, 64K in tier D, every dtype).
 template <typename T, bool LOG>
 void launch_softmax_backward(const SoftmaxArgs& a, cudaStream_t stream) {
   if constexpr (kTierMaxP<T> > 0) {
+    const int64_t long_chunks = tier_chunks<T>(a, kTierDMaxChunks<T, true>);
+    if (long_chunks != 0 && launch_tier_d<T, LOG, true>(a, long_chunks, stream)) return;
     if (const int64_t chunks = tier_chunks<T>(a, kTierMaxChunks<kTierMaxP<T> / 2>)) {
       const RowDiv d{cuda::FastDiv(a.Tq), cuda::FastDiv(a.H)};
       with_tier<kTierMaxP<T> / 2>(chunks, [&]<int G, int P>() {
