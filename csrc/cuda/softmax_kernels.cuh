@@ -467,12 +467,14 @@ constexpr int kTierMinBlocks = (P >= 16 ? 3 : 4) * 128 / kTierBlock<G> > 0
 // The forward holds no dy: its 1-, 2- and 4-chunk tiers fit 40, 48 and 72
 // registers without spilling (48, 40 and 28 warps per SM), where the compiler
 // left unasked took up to 42 and 74 (fewer warps, fewer bytes in flight).
-// With a mask or bias tensor (GENERAL) the bias chunks and the packed flags
+// With a mask or bias tensor (GENERAL) the bias chunks and the mask's flags
 // are live with the scores: at those warps per SM ptxas spilled 28-152 bytes
-// (kernel_report.py, 2026-11-27), so 64, 80 and 96 registers (32, 24 and 20
-// warps) and, for 8 chunks, the 16-chunk budget (168; kGeneralTierMaxChunks).
+// (kernel_report.py, 2026-11-27). With the flags as bits and a poisoned row
+// answered from bits instead of a second read (the ninth session), 48, 64 and
+// 80 registers (40, 32 and 24 warps) fit without spill (they were 64, 80 and
+// 96) and, for 8 chunks, the 16-chunk budget (168; 128 spilled 28-32 bytes).
 template <int P, bool GENERAL>
-constexpr int kTierForwardMinWarps = GENERAL ? (P == 1 ? 32 : P == 2 ? 24 : 20)
+constexpr int kTierForwardMinWarps = GENERAL ? (P == 1 ? 40 : P == 2 ? 32 : 24)
                                              : (P == 1 ? 48 : P == 2 ? 40 : 28);
 template <int G, int P, bool GENERAL>
 constexpr int kTierForwardMinBlocks =
@@ -686,30 +688,45 @@ __device__ __forceinline__ void unpack_chunk(const RawRow<T, P>& raw, int k,
   cuda::unpack16<T>(make_uint4(raw.w[k][0], raw.w[k][1], raw.w[k][2], raw.w[k][3]), v);
 }
 
-// The mask's flags for the P chunks of a lane as bytes, byte e of keep[k] for
-// key e of chunk k (non-zero: visible), 0 outside [lo, hi): one VEC-byte load
+// Bit e set iff byte e of w is non-zero (any non-zero byte of a bool tensor
+// is true): the high bit of each non-zero byte, gathered into the top byte by
+// one multiply.
+__device__ __forceinline__ uint32_t nonzero_bytes(uint64_t w) {
+  constexpr uint64_t kLow7 = 0x7f7f7f7f7f7f7f7full;
+  const uint64_t nz = (((w & kLow7) + kLow7) | w) & 0x8080808080808080ull;
+  return static_cast<uint32_t>(((nz >> 7) * 0x0102040810204080ull) >> 56);
+}
+
+// The mask's flags for the P chunks of a lane, one bit each: bit k * VEC + e
+// for key e of chunk k (set: visible), 0 outside [lo, hi). One VEC-byte load
 // per chunk inside [lo, hi) when the mask row (contiguous keys) is aligned
-// like the output row (vec), byte by byte otherwise. Packed, the flags take
-// P registers or 2P instead of P * VEC (which spilled).
+// like the output row (vec), byte by byte otherwise. As bits the flags take
+// one or two registers (as bytes, P or 2P; as bools, P * VEC, which spilled).
 template <typename T, int G, int P>
-__device__ __forceinline__ void load_keep(const bool* __restrict__ src, int lo, int hi, bool vec,
-                                          int lane, int a0, uint64_t (&keep)[P]) {
+__device__ __forceinline__ uint64_t load_keep(const bool* __restrict__ src, int lo, int hi,
+                                              bool vec, int lane, int a0) {
   constexpr int VEC = Vec16<T>::N;
-  static_assert(VEC == 4 || VEC == 8, "load_keep: 4 or 8 flags per chunk");
+  static_assert((VEC == 4 || VEC == 8) && P * VEC <= 64, "load_keep: 4 or 8 flags per chunk");
   using Word = std::conditional_t<VEC == 8, unsigned long long, uint32_t>;
+  uint64_t w[P];
+#pragma unroll
+  for (int k = 0; k < P; ++k) {  // the vector loads first, all in flight
+    const int p = (lane + G * k) * VEC - a0;
+    w[k] = vec && lo <= p && p + VEC <= hi ? __ldg(reinterpret_cast<const Word*>(src + p)) : 0;
+  }
+  uint64_t keep = 0;
 #pragma unroll
   for (int k = 0; k < P; ++k) {
     const int p = (lane + G * k) * VEC - a0;
-    keep[k] = 0;
-    if (vec && lo <= p && p + VEC <= hi) {
-      keep[k] = __ldg(reinterpret_cast<const Word*>(src + p));
-    } else {
+    if (!(vec && lo <= p && p + VEC <= hi)) {
 #pragma unroll
       for (int e = 0; e < VEC; ++e) {
-        if (lo <= p + e && p + e < hi && src[p + e]) keep[k] |= uint64_t(1) << (8 * e);
+        if (lo <= p + e && p + e < hi && src[p + e]) w[k] |= uint64_t(1) << (8 * e);
       }
     }
+    keep |= uint64_t(nonzero_bytes(w[k])) << (k * VEC);
   }
+  return keep;
 }
 
 // One element of a row's scalar head or tail, converted by the caller: the
@@ -866,18 +883,32 @@ __global__ void __launch_bounds__(kTierBlock<G>, (CLUSTER ? kTierMinBlocks<G, 8>
       }
       if (a.mask != nullptr) {
         const bool* mr = a.mask + pos.b * a.ms[0] + pos.h * a.ms[1] + pos.i * a.ms[2];
-        uint64_t keep[P];
-        load_keep<T, G, P>(mr, lo, hi, reinterpret_cast<uintptr_t>(mr) % VEC == a0, lane, a0, keep);
+        const uint64_t keep =
+            load_keep<T, G, P>(mr, lo, hi, reinterpret_cast<uintptr_t>(mr) % VEC == a0, lane, a0);
 #pragma unroll
         for (int k = 0; k < P; ++k) {
           if (out[k]) continue;
 #pragma unroll
-          for (int e = 0; e < VEC; ++e) v[k][e] = (keep[k] >> (8 * e)) & 0xff ? v[k][e] : kNegInf;
+          for (int e = 0; e < VEC; ++e) v[k][e] = (keep >> (k * VEC + e)) & 1 ? v[k][e] : kNegInf;
         }
       }
     }
   };
   load_scores();
+  // GENERAL: bit k * VEC + e set where the score is -inf (x, mask or bias), for
+  // a poisoned row (below), which then needs neither x, mask nor bias again: the
+  // pointers and flags that a second read keeps live cost the 4-chunk mask /
+  // bias tiers 52 bytes of spill at 80 registers (24 warps per SM).
+  uint64_t neg_inf = 0;
+  if constexpr (GENERAL) {
+    static_assert(P * VEC <= 64, "one bit per score");
+#pragma unroll
+    for (int k = 0; k < P; ++k) {
+      if (out[k]) continue;
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) neg_inf |= uint64_t(v[k][e] == kNegInf) << (k * VEC + e);
+    }
+  }
 
   // Max and sum by chunk, then across chunks: P short dependency chains
   // instead of one of P * VEC.
@@ -947,14 +978,16 @@ __global__ void __launch_bounds__(kTierBlock<G>, (CLUSTER ? kTierMinBlocks<G, 8>
     const RowNorm n = row_norm(m * kLn2, s, sink);
     if (n.poisoned) {
       // Rare: NaN at every visible position but those whose score is -inf,
-      // which the exps no longer tell apart: read the row again.
-      load_scores();
+      // which the exps no longer tell apart: read the row again (GENERAL: the
+      // bits kept above).
+      if constexpr (!GENERAL) load_scores();
 #pragma unroll
       for (int k = 0; k < P; ++k) {
         if (out[k]) continue;
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
-          v[k][e] = v[k][e] == kNegInf ? 0.f : std::numeric_limits<float>::quiet_NaN();
+          const bool is_neg_inf = GENERAL ? (neg_inf >> (k * VEC + e)) & 1 : v[k][e] == kNegInf;
+          v[k][e] = is_neg_inf ? 0.f : std::numeric_limits<float>::quiet_NaN();
         }
       }
     } else {
