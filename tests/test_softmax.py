@@ -441,7 +441,7 @@ def _tier(Tk, dtype, backward, general=False, rows=30):
     vec = 128 // torch.finfo(dtype).bits  # elements in 16 bytes
     need = Tk // vec if Tk % vec == 0 else (Tk + 2 * vec - 2) // vec
     if backward:  # launch_tier_d<T, LOG, true>: y and dy, half the forward's chunks
-        cluster = _cluster(need, rows, 8 if vec == 4 else 4, 4096 if vec == 4 else 2048)
+        cluster = _cluster(need, rows, 8 if vec == 4 else 4, 4096 if vec == 4 else 1024)
     else:
         cluster = None if general else _cluster(need, rows, 8, 4096)
     if cluster:

@@ -1464,9 +1464,14 @@ bool cluster_fits(Kernel kernel, int C) {
 template <typename T, bool LOG, bool BACKWARD>
 bool launch_tier_d(const SoftmaxArgs& a, int64_t chunks, cudaStream_t stream) {
   constexpr int kMaxP = kTierDMaxP<T, BACKWARD>;
-  const ClusterPlan plan =
-      cluster_plan(a.rows(), chunks, cuda::sm_count(), kMaxP,
-                   BACKWARD ? kTierMaxChunks<kMaxP> : kForwardTierMaxChunks);
+  // The backward of fp16 / bf16 (4 chunks of y and of dy per thread) takes
+  // tier D also for the rows that a 512-thread block would hold: that block
+  // (80 registers) runs one per SM, 16 warps, where two CTAs of 256 threads
+  // run three per SM (24 warps, 1.5x the bytes in flight). Elsewhere the
+  // 512-thread blocks and two 256-thread CTAs fill an SM alike.
+  constexpr int64_t kBlockMax =
+      BACKWARD ? (kMaxP == 4 ? 256 * kMaxP : kTierMaxChunks<kMaxP>) : kForwardTierMaxChunks;
+  const ClusterPlan plan = cluster_plan(a.rows(), chunks, cuda::sm_count(), kMaxP, kBlockMax);
   bool launched = false;
   auto launch = [&]<int P>() {
     if constexpr (P <= kMaxP) {
