@@ -1404,16 +1404,16 @@ struct ClusterPlan {
 };
 
 // The plan for `rows` rows of `chunks` chunks on `sms` SMs, at most max_p
-// chunks per thread, where one block's tiers hold rows of up to block_max
-// chunks: longer rows (up to 8 CTAs of max_p chunks per thread) take the fewest
-// CTAs of max_p chunks per thread that hold them; fewer rows than SMs, with
-// more than a 128-thread block's 1024 chunks, spread over twice the CTAs (half
-// the chunks per thread, at least 2) until they cover the SMs or reach 8 CTAs.
-// Otherwise the block tiers.
+// chunks per thread, where tier D replaces the block tiers for rows longer
+// than block_max chunks: those (up to 8 CTAs of max_p chunks per thread) take
+// the fewest CTAs of max_p chunks per thread that hold them; fewer rows than
+// SMs, with more than 1024 chunks, spread over twice the CTAs (half the chunks
+// per thread, at least 2) until they cover the SMs or reach 8 CTAs. Otherwise
+// the block tiers (C = 0).
 inline ClusterPlan cluster_plan(int64_t rows, int64_t chunks, int64_t sms, int max_p,
                                 int64_t block_max) {
   if (chunks <= 1024 || chunks > int64_t(kClusterMax) * kClusterBlock * max_p ||
-      (chunks <= block_max && rows >= sms) || rows > (int64_t(1) << 31) / kClusterMax) {
+      (chunks <= block_max && rows >= sms) || rows * kClusterMax >= (int64_t(1) << 31)) {
     return {};
   }
   int C = 1;
