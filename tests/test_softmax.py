@@ -513,6 +513,22 @@ def _check_forward_inputs(Tk, dtype):
     return xs
 
 
+def _check_grads(x, dy, **kw):
+    """The gradients of masked_softmax and masked_log_softmax against the
+    reference's (fp32); exactly 0 at masked positions."""
+    for fn in (maskext.masked_softmax, maskext.masked_log_softmax):
+        xg = x.detach().requires_grad_()
+        (got,) = torch.autograd.grad(fn(xg, **kw), xg, dy)
+        x32 = x.detach().float().requires_grad_()
+        ref = R.masked_softmax if fn is maskext.masked_softmax else R.masked_log_softmax
+        (want,) = torch.autograd.grad(ref(x32, compute_dtype=torch.float32, **kw), x32,
+                                      dy.float())
+        atol = 1e-5 if x.dtype == torch.float32 else 0.05
+        torch.testing.assert_close(got.float(), want, atol=atol, rtol=0.016)
+        visible = R.masked_softmax(x.double(), **kw) > 0
+        assert (got[~visible] == 0).all(), (x.shape, kw)
+
+
 @_CUDA
 @pytest.mark.parametrize("dtype", _LOW)
 def test_cuda_tier_forward(dtype):
@@ -594,22 +610,6 @@ def test_cuda_split_rows(dtype):
         assert not y[0, 0, 1:].isnan().any() and (y[2] == 0).all()
         torch.testing.assert_close(y[0, 1:], R.masked_softmax(x[0, 1:]).to(dtype), atol=1e-3,
                                    rtol=0)
-
-
-def _check_grads(x, dy, **kw):
-    """The gradients of masked_softmax and masked_log_softmax against the
-    reference's (fp32); exactly 0 at masked positions."""
-    for fn in (maskext.masked_softmax, maskext.masked_log_softmax):
-        xg = x.detach().requires_grad_()
-        (got,) = torch.autograd.grad(fn(xg, **kw), xg, dy)
-        x32 = x.detach().float().requires_grad_()
-        ref = R.masked_softmax if fn is maskext.masked_softmax else R.masked_log_softmax
-        (want,) = torch.autograd.grad(ref(x32, compute_dtype=torch.float32, **kw), x32,
-                                      dy.float())
-        atol = 1e-5 if x.dtype == torch.float32 else 0.05
-        torch.testing.assert_close(got.float(), want, atol=atol, rtol=0.016)
-        visible = R.masked_softmax(x.double(), **kw) > 0
-        assert (got[~visible] == 0).all(), (x.shape, kw)
 
 
 @_CUDA
