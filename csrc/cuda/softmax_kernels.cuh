@@ -227,14 +227,17 @@ __global__ void __launch_bounds__(BLOCK, 1) softmax_forward_kernel(SoftmaxArgs a
     const T* xr = x + p.b * a.xs[0] + p.h * a.xs[1] + p.i * a.xs[2];
     const int64_t mo = p.b * a.ms[0] + p.h * a.ms[1] + p.i * a.ms[2];
     const int64_t bo = p.b * a.bs[0] + p.h * a.bs[1] + p.i * a.bs[2];
+    // GENERAL: the mask and bias rule of one key's score z, for the scalar
+    // head and tail (score) and the 16-byte chunks (chunk_scores) alike.
+    auto join = [&](acc_t z, bool keep, acc_t bv) {
+      if (bias != nullptr) z = add_bias(z, bv, bias_min);
+      return keep ? z : kNegInf;
+    };
     auto score = [&](int64_t j) -> acc_t {
-      acc_t z = sc(static_cast<acc_t>(xr[j]));
+      const acc_t z = sc(static_cast<acc_t>(xr[j]));
       if constexpr (GENERAL) {
-        if (a.mask != nullptr && !a.mask[mo + j * a.ms[3]]) return kNegInf;
-        if (bias != nullptr) {
-          const acc_t bv = static_cast<acc_t>(bias[bo + j * a.bs[3]]);
-          z = add_bias(z, bv, bias_min);
-        }
+        return join(z, a.mask == nullptr || a.mask[mo + j * a.ms[3]],
+                    bias != nullptr ? static_cast<acc_t>(bias[bo + j * a.bs[3]]) : acc_t(0));
       }
       return z;
     };
@@ -258,28 +261,27 @@ __global__ void __launch_bounds__(BLOCK, 1) softmax_forward_kernel(SoftmaxArgs a
 #pragma unroll
       for (int e = 0; e < VEC; ++e) z[e] = sc(z[e]);
       if constexpr (GENERAL) {
+        acc_t bv[VEC] = {};
         if (bias != nullptr) {
-          acc_t bv[VEC];
           if (bvec) {
             cuda::unpack16<T>(*reinterpret_cast<const uint4*>(bias + bo + j), bv);
           } else {
 #pragma unroll
             for (int e = 0; e < VEC; ++e) bv[e] = static_cast<acc_t>(bias[bo + (j + e) * a.bs[3]]);
           }
-#pragma unroll
-          for (int e = 0; e < VEC; ++e) z[e] = add_bias(z[e], bv[e], bias_min);
         }
-        if (a.mask != nullptr) {
-          bool keep[VEC];
-          if (mvec) {
-            cuda::load_flags<VEC>(a.mask + mo + j, keep);
-          } else {
+        bool keep[VEC];
+        if (a.mask == nullptr) {
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) keep[e] = a.mask[mo + (j + e) * a.ms[3]];
-          }
+          for (int e = 0; e < VEC; ++e) keep[e] = true;
+        } else if (mvec) {
+          cuda::load_flags<VEC>(a.mask + mo + j, keep);
+        } else {
 #pragma unroll
-          for (int e = 0; e < VEC; ++e) z[e] = keep[e] ? z[e] : kNegInf;
+          for (int e = 0; e < VEC; ++e) keep[e] = a.mask[mo + (j + e) * a.ms[3]];
         }
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) z[e] = join(z[e], keep[e], bv[e]);
       }
     };
     if (active) {
