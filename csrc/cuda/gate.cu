@@ -30,24 +30,24 @@ __device__ __forceinline__ acc_t sigmoid(acc_t z) {
 // at 1.7x its copy floor on the H200, 2026-11-27).
 struct StepOf {
   cuda::FastDiv per_step, T;  // valid when fast
-  int64_t per_step64;
   bool fast;
 };
 
 inline StepOf step_of(const PaddedArgs& a, int64_t per_step, int64_t chunks) {
   const bool fast = chunks < (int64_t(1) << 31);
   return {cuda::FastDiv(fast ? static_cast<uint32_t>(per_step) : 1u),
-          cuda::FastDiv(fast ? static_cast<uint32_t>(a.T) : 1u), per_step, fast};
+          cuda::FastDiv(fast ? static_cast<uint32_t>(a.T) : 1u), fast};
 }
 
-__device__ __forceinline__ bool real_step(const PaddedArgs& a, const StepOf& d, int64_t c) {
+__device__ __forceinline__ bool real_step(const PaddedArgs& a, const StepOf& d, int64_t per_step,
+                                          int64_t c) {
   int64_t b, t;
   if (d.fast) {  // the same for every thread of the launch
     const uint32_t r = d.per_step.div(static_cast<uint32_t>(c)), b32 = d.T.div(r);
     b = b32;
     t = r - b32 * d.T.d;
   } else {
-    const int64_t r = c / d.per_step64;
+    const int64_t r = c / per_step;
     b = r / a.T;
     t = r - b * a.T;
   }
@@ -100,11 +100,11 @@ __global__ void gate_kernel(PaddedArgs a, StepOf d, const T* x, T* out, at::opma
                             bool hard) {
   using acc_t = at::opmath_type<T>;
   const T* z = static_cast<const T*>(a.x);
-  const int64_t chunks = a.B * a.T * (a.I / VEC);
+  const int64_t per_step = a.I / VEC, chunks = a.B * a.T * per_step;
   for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < chunks;
        c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t e = c * VEC;
-    const bool real = real_step(a, d, c);
+    const bool real = real_step(a, d, per_step, c);
     if constexpr (VEC == 1) {
       out[e] = real ? static_cast<T>(gate_value<acc_t>(static_cast<acc_t>(z[e]),
                                                         x != nullptr ? static_cast<acc_t>(x[e])
@@ -131,11 +131,11 @@ __global__ void gate_backward_kernel(PaddedArgs a, StepOf d, const T* x, const T
                                      T* dz, at::opmath_type<T> inv_t, bool hard) {
   using acc_t = at::opmath_type<T>;
   const T* z = static_cast<const T*>(a.x);
-  const int64_t chunks = a.B * a.T * (a.I / VEC);
+  const int64_t per_step = a.I / VEC, chunks = a.B * a.T * per_step;
   for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < chunks;
        c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t e = c * VEC;
-    const bool real = real_step(a, d, c);
+    const bool real = real_step(a, d, per_step, c);
     if constexpr (VEC == 1) {
       acc_t gx = 0, gz = 0;
       if (real) {
