@@ -22,6 +22,7 @@ Before timing, maskext's logits are checked against eager's at the real tokens.
 import argparse
 import os
 import sys
+import warnings
 
 import torch
 
@@ -102,6 +103,33 @@ def peak_bytes(fn, device):
     return torch.cuda.max_memory_allocated() - base
 
 
+def gpu_ms_and_syncs(fn, device):
+    """One call of fn on CUDA: the summed time of the kernels it ran (ms) and
+    the host syncs it made (``torch.cuda.set_sync_debug_mode``'s warnings).
+    When the wall time is well above the kernel time the model is host-bound,
+    and a sync, which waits for the previous step's kernels, costs the
+    overlap of this step's host work with them. (None, None) on the CPU."""
+    if device != "cuda":
+        return None, None
+    fn()  # warm: first-call costs are not the step's
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = sum("synchroniz" in str(w.message) for w in caught)
+    torch.cuda.synchronize()
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    us = sum(e.self_device_time_total for e in prof.key_averages())
+    return us / 1000, syncs
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_common_args(ap)
@@ -180,7 +208,13 @@ def main():
                 peak = peak_bytes(fn, args.device)
                 if peak is None:
                     fn()
-            rows.append((mode, p, times[mode, p], peak, mb.bytes if peak is None else None))
+            try:
+                kernel_ms, syncs = gpu_ms_and_syncs(fn, args.device)
+            except Exception as e:  # a diagnostic: never lose the table for it
+                print(f"kernel time / syncs of {mode} {p} not measured: {e!r}", flush=True)
+                kernel_ms, syncs = None, None
+            rows.append((mode, p, times[mode, p], peak, mb.bytes if peak is None else None,
+                         kernel_ms, syncs))
             models[p].zero_grad(set_to_none=True)
 
     mem_col = "peak CUDA memory (MiB)" if cuda else "attention-mask bytes per forward"
@@ -189,12 +223,17 @@ def main():
              f"Llama-like: {args.layers} layers, hidden {args.hidden}, {args.heads}/{args.kv_heads} "
              f"heads; batch {B} x {T}, left padding; {args.dtype}. Median ms (the fastest of "
              f"{args.repeat} sweeps), and the multiple of eager's time in the same run.", "",
-             f"| mode | attn_implementation | ms | vs eager | {mem_col} |",
-             "|---|---|---|---|---|"]
-    base = {mode: ms for mode, p, ms, _, _ in rows if p == "eager"}
-    for mode, p, ms, peak, per_call in rows:
+             f"| mode | attn_implementation | ms | vs eager | {mem_col} | kernel ms | host syncs |",
+             "|---|---|---|---|---|---|---|"]
+    if cuda:
+        lines[1] += (" kernel ms: the summed time of one call's CUDA kernels (well under ms: "
+                     "host-bound); host syncs: per call (`torch.cuda.set_sync_debug_mode`).")
+    base = {mode: ms for mode, p, ms, *_ in rows if p == "eager"}
+    for mode, p, ms, peak, per_call, kernel_ms, syncs in rows:
         mem = f"{peak / 2**20:.0f}" if peak is not None else f"{per_call:,}"
-        lines.append(f"| {mode} | {p} | {ms:.1f} | {ms / base[mode]:.2f}x | {mem} |")
+        kms = "n/a" if kernel_ms is None else f"{kernel_ms:.1f}"
+        sy = "n/a" if syncs is None else str(syncs)
+        lines.append(f"| {mode} | {p} | {ms:.1f} | {ms / base[mode]:.2f}x | {mem} | {kms} | {sy} |")
     md = "\n".join(lines) + "\n"
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "bench_hf.md"), "w") as f:
