@@ -54,7 +54,8 @@ def main():
     # length gets): 4 to 32 lanes per row with 1 to 4 chunks each, a warp with
     # 2 to 8 chunks per lane; in 30 rows (fewer than SMs) tier D on sm_90 from
     # 6000 fp32 / 12000 fp16 keys (2, 4 and 8 CTAs per row); in 156 rows (more
-    # than SMs) 128 to 512 threads per row, and tier D by length (4 CTAs).
+    # than SMs) 128 to 512 threads per row, and tier D by length (fp32: 4 CTAs
+    # of 8 chunks; fp16 / bf16: the wide plan, 2 CTAs of 16).
     for dtype, rows in itertools.product((torch.float16, torch.bfloat16, torch.float32), (30, 156)):
         if rows == 30:
             lengths = (20, 40, 100, 200, 300, 600, 2000, 3000, 6000, 12000, 20000)

@@ -415,7 +415,7 @@ def _cluster_sms():
     return torch.cuda.get_device_properties(0).multi_processor_count
 
 
-def _cluster(need, rows, max_p, block_max):
+def _cluster(need, rows, max_p, block_max, wide_p=0):
     """Tier D's ("D", CTAs per row, chunks per thread) for `rows` rows of `need`
     16-byte chunks, None where it does not apply; mirrors cluster_plan."""
     sms = _cluster_sms()
@@ -429,6 +429,9 @@ def _cluster(need, rows, max_p, block_max):
     P = 2
     while C * 256 * P < need:
         P *= 2
+    wide_c = C * max_p // wide_p if wide_p > max_p else 0
+    if P == max_p and wide_c >= 2 and rows * wide_c >= sms:
+        return "D", wide_c, wide_p
     return "D", C, P
 
 
@@ -443,7 +446,8 @@ def _tier(Tk, dtype, backward, general=False, rows=30):
     if backward:  # launch_tier_d<T, LOG, true>: y and dy, half the forward's chunks
         cluster = _cluster(need, rows, 8 if vec == 4 else 4, 4096 if vec == 4 else 1024)
     else:
-        cluster = None if general else _cluster(need, rows, 8, 4096)
+        # kTierDWideP: 128 scores per thread
+        cluster = None if general else _cluster(need, rows, 8, 4096, 128 // vec)
     if cluster:
         return cluster
     if not backward:  # with_forward_tier<MAXP>: 16 for fp32 without mask or bias, else 8
@@ -563,12 +567,39 @@ def test_cuda_tier_forward_mask_and_bias(dtype):
 
 @_CUDA
 @pytest.mark.parametrize("dtype", _LOW)
+def test_cuda_tier_active_slots(dtype):
+    """Rows of every length in one launch, at each block tier's longest row:
+    the tiers run only the chunk slots that hold visible keys
+    (with_active_slots: 1-4 bodies per kernel, for groups narrower than a
+    warp the warp's largest count), so every count, rows of different counts
+    in one warp, x aligned and not, softmax, log-softmax and gradients."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    rows = max(160, sms)  # the block tiers, not tier D
+    longest = {}  # block tier -> its longest row
+    for Tk in tier_edges(dtype, backward=False, rows=rows):
+        tier = _tier(Tk, dtype, backward=False, rows=rows)
+        if tier is not None and tier[0] != "D":
+            longest[tier] = Tk
+    assert len(longest) >= 10, longest
+    for Tk in longest.values():
+        L = torch.linspace(0, Tk, rows, device="cuda").round().long()
+        L = L[torch.randperm(rows, device="cuda")]  # neighbours in a warp differ
+        base = torch.randn(rows, 1, 1, Tk + 1, device="cuda").mul(3).to(dtype)
+        for x in (base[..., 1:], base[..., :Tk]):
+            _check_softmax_and_log(x, lengths=L)
+            _check_grads(x, torch.randn_like(x), lengths=L)
+
+
+@_CUDA
+@pytest.mark.parametrize("dtype", _LOW)
 @pytest.mark.parametrize("fill", [1, 2])  # rows >= SMs / fill
 def test_cuda_tier_forward_many_rows(dtype, fill):
     """As many rows as SMs (or half), rows of more than 1024 chunks: the block
     tiers up to their longest rows (with fewer rows than SMs, tier D takes
-    them), then tier D by row length (4 and 8 CTAs of 8 chunks per thread; 2
-    CTAs of 4 and 8 chunks for half as many rows), then the split rows; x
+    them), then tier D by row length (4 and 8 CTAs of 8 chunks per thread,
+    or the wide plan: 2 and 4 CTAs of 16 fp16 / bf16 chunks, 2 of 32 fp32
+    chunks; 2 CTAs of 4 and 8 chunks for half as many rows), then the split
+    rows; x
     aligned and not, lengths 0, 1, Tk and between, causal with sinks. The
     backward likewise (its tier D holds rows of 64K keys)."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count

@@ -598,7 +598,7 @@ __device__ __forceinline__ unsigned cluster_blocks() {
 
 // What the outputs of a row need from its max m (0 when every score is -inf)
 // and its sum s of exp(z - m): the one place where (max, sum) become the
-// normaliser. `sink`, when not null, is the row's extra logit (attention
+// normaliser. `sink`, -inf for none, is the row's extra logit (attention
 // sink), one more score of the normaliser with no output of its own:
 // m' = max(m, sink), s' = s * exp(m - m') + exp(sink - m'). As in the general
 // kernels, a row whose every score is -inf (s == 0) keeps its masked outputs.
@@ -608,11 +608,13 @@ struct RowNorm {
   bool poisoned;  // a NaN or +inf score or sink (s is NaN): visible outputs are NaN
 };
 
-__device__ __forceinline__ RowNorm row_norm(float m, float s, const float* sink) {
+__device__ __forceinline__ RowNorm row_norm(float m, float s, float k) {
   // s >= 1 when some score is finite (the max adds exp(0)); s == 0 when every
-  // visible score is -inf: all outputs are then the masked value.
-  if (sink == nullptr || s == 0.f) return {s > 0.f ? 1.f / s : 0.f, logf(s), s != s};
-  const float k = *sink;
+  // visible score is -inf: all outputs are then the masked value. A sink of
+  // -inf adds nothing (the formula below would give the same).
+  if (k == -std::numeric_limits<float>::infinity() || s == 0.f) {
+    return {s > 0.f ? 1.f / s : 0.f, logf(s), s != s};
+  }
   const float mk = k > m ? k : m;  // a NaN sink gives s' NaN below
   const float sk = s * fast_exp(m - mk) + fast_exp(k - mk);
   return {fast_exp(m - mk) / sk, (mk - m) + logf(sk), sk != sk};
@@ -635,7 +637,8 @@ struct RawRow {
   bool full[P];
 };
 
-template <typename T, int G, int P>
+// Chunks k >= N (a constant: with_active_slots) are known to lie past hi.
+template <typename T, int G, int P, int N = P>
 __device__ __forceinline__ void load_row(const T* __restrict__ src, int lo, int hi, bool vec,
                                          int lane, int a0, RawRow<T, P>& raw) {
   constexpr int VEC = Vec16<T>::N;
@@ -643,7 +646,7 @@ __device__ __forceinline__ void load_row(const T* __restrict__ src, int lo, int 
 #pragma unroll
   for (int k = 0; k < P; ++k) {
     const int p = (lane + G * k) * VEC - a0;
-    raw.full[k] = vec && lo <= p && p + VEC <= hi;
+    raw.full[k] = k < N && vec && lo <= p && p + VEC <= hi;
     uint4 u = make_uint4(0, 0, 0, 0);
     if (raw.full[k]) u = __ldg(reinterpret_cast<const uint4*>(src + p));
     raw.w[k][0] = u.x;
@@ -656,7 +659,7 @@ __device__ __forceinline__ void load_row(const T* __restrict__ src, int lo, int 
 #pragma unroll
   for (int k = 0; k < P; ++k) {
     const int p = (lane + G * k) * VEC - a0;
-    if (!raw.full[k] && p < hi && p + VEC > lo) {
+    if (k < N && !raw.full[k] && p < hi && p + VEC > lo) {
 #pragma unroll
       for (int e = 0; e < VEC; ++e) {
         if (lo <= p + e && p + e < hi) {
@@ -673,14 +676,63 @@ __device__ __forceinline__ void load_row(const T* __restrict__ src, int lo, int 
 }
 
 // out[k]: the lane's chunk k lies wholly outside [lo, hi) (neither read nor
-// computed by the tiers, only written as the masked value).
-template <typename T, int G, int P>
+// computed by the tiers, only written as the masked value); for k >= N, a
+// constant (with_active_slots), known at compile time.
+template <typename T, int G, int P, int N = P>
 __device__ __forceinline__ void outside_chunks(int lo, int hi, int lane, int a0, bool (&out)[P]) {
   constexpr int VEC = Vec16<T>::N;
 #pragma unroll
   for (int k = 0; k < P; ++k) {
     const int p = (lane + G * k) * VEC - a0;
-    out[k] = p >= hi || p + VEC <= lo;
+    out[k] = k >= N || p >= hi || p + VEC <= lo;
+  }
+}
+
+// The chunk slots k < n of a row's group (lanes lane + G * k) that hold a key
+// below hi for some lane; past them every lane's chunk is the masked value.
+// Groups narrower than a warp take the warp's largest n, so that n is the same
+// in every lane of a warp (in every thread of a block from G = 128 on: a
+// block per row).
+template <typename T, int G, int P>
+__device__ __forceinline__ int active_slots(int hi, int a0) {
+  constexpr int VEC = Vec16<T>::N;
+  const int num = hi + a0;  // lane 0's chunk k starts at G * k * VEC - a0
+  int n = num <= 0 ? 0 : (num + G * VEC - 1) / (G * VEC);
+  n = n < P ? n : P;
+  if constexpr (G < 32) {
+    // Called before any lane of the warp has left (a lane past the last row
+    // has hi = 0: n = 0), so that n is the same in every lane.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    n = __reduce_max_sync(0xffffffffu, n);
+#else
+    n = P;
+#endif
+  }
+  return n;
+}
+
+// Calls f.template operator()<N>() with N >= n, N one of at most 4 counts up
+// to P (multiples of P / 4), so that the chunk slots from N on, which the
+// tiers only write as the masked value, are dropped from the code that runs:
+// the compiler predicates a skipped chunk's arithmetic (`if (out[k])`) rather
+// than branching around it, and the H200's padded rows (Nsight Compute,
+// 2026-11-27: 26 of 32 threads per instruction not predicated off, against 31
+// on full rows) issued as many instructions as full ones, in as much time.
+template <int P, typename F>
+__device__ __forceinline__ void with_active_slots(int n, F&& f) {
+  constexpr int S = P >= 4 ? P / 4 : 1;
+  if (n <= S) {
+    f.template operator()<S>();
+  } else if constexpr (2 * S <= P) {
+    if (n <= 2 * S || 2 * S == P) {
+      f.template operator()<2 * S>();
+    } else if constexpr (3 * S <= P) {
+      if (n <= 3 * S || 3 * S == P) {
+        f.template operator()<3 * S>();
+      } else {
+        f.template operator()<P>();
+      }
+    }
   }
 }
 
@@ -781,10 +833,11 @@ __device__ __forceinline__ void store_row(T* __restrict__ o, int Tk, int lane, i
 // of the cluster holding the row's chunks [q * G * P, (q + 1) * G * P) as a
 // block of G threads holds a row of G * P chunks; the CTAs' (max, sum) pairs
 // meet once in distributed shared memory (cluster_merge).
-// Tier D's register budget is the 8-chunk one (2 CTAs per SM) at every P: at
-// 5 CTAs per SM (48 registers) the 2-chunk kernel spilled the merge's pairs.
+// Tier D's register budget is the 8-chunk one (2 CTAs per SM) at every P up
+// to 8 (at 5 CTAs per SM, 48 registers, the 2-chunk kernel spilled the
+// merge's pairs), the 16-chunk one (1 CTA per SM) for the wide plan.
 template <typename T, int G, int P, bool LOG, bool GENERAL, bool CLUSTER = false>
-__global__ void __launch_bounds__(kTierBlock<G>, (CLUSTER ? kTierMinBlocks<G, 8>
+__global__ void __launch_bounds__(kTierBlock<G>, (CLUSTER ? kTierMinBlocks<G, (P > 8 ? 16 : 8)>
                                                           : kTierForwardMinBlocks<G, P, GENERAL>))
     softmax_tier_forward_kernel(SoftmaxArgs a, RowDiv d) {
   static_assert(!CLUSTER || (G == kTierBlock<G> && !GENERAL), "tier D: a block per CTA, no mask");
@@ -794,18 +847,25 @@ __global__ void __launch_bounds__(kTierBlock<G>, (CLUSTER ? kTierMinBlocks<G, 8>
   __shared__ float2 cluster_slot[1];  // tier D: this CTA's (max, sum)
   const uint32_t r = CLUSTER ? blockIdx.x / cluster_blocks()
                              : blockIdx.x * (kTierBlock<G> / G) + threadIdx.x / G;
-  if (r >= a.rows()) return;  // whole rows: the G lanes of a row leave together
+  // Whole rows: the G lanes of a row leave together, past active_slots (in
+  // which every lane of a warp takes part) where it applies.
+  // (Not for 16 chunks per thread: fp32's at 168 registers spilled 100 bytes.)
+  constexpr bool kSlots = !GENERAL && !CLUSTER && P <= 8;
+  const bool has_row = r < a.rows();
+  if (!has_row && !kSlots) return;
   // The thread's first chunk in the row (its chunks are lane + G * k).
   const int lane = CLUSTER ? cluster_rank() * G * P + threadIdx.x : threadIdx.x % G;
   const unsigned mask = group_mask<G>();
   const TierRow pos = tier_row(r, d);
-  int64_t lo64, hi64;
-  row_bounds(a.spec, pos.b, pos.i, lo64, hi64);
+  int64_t lo64 = 0, hi64 = 0;
+  if (has_row) row_bounds(a.spec, pos.b, pos.i, lo64, hi64);
   const int lo = static_cast<int>(lo64), hi = static_cast<int>(hi64), Tk = static_cast<int>(a.Tk);
   T* __restrict__ o = static_cast<T*>(a.out) + static_cast<int64_t>(r) * a.Tk;
   const T* __restrict__ xr = static_cast<const T*>(a.x) + pos.b * a.xs[0] + pos.h * a.xs[1] +
                              pos.i * a.xs[2];
   const int a0 = static_cast<int>(reinterpret_cast<uintptr_t>(o) / sizeof(T) % VEC);
+  const int slots = kSlots ? active_slots<T, G, P>(hi, a0) : P;
+  if (!has_row) return;
   const float masked = LOG ? static_cast<float>(std::numeric_limits<T>::lowest()) : 0.f;
   const float bias_min = static_cast<float>(std::numeric_limits<T>::lowest());
   float v[P][VEC];
@@ -826,183 +886,194 @@ __global__ void __launch_bounds__(kTierBlock<G>, (CLUSTER ? kTierMinBlocks<G, 8>
   // computed: a padded or causal row costs fewer instructions, not only fewer bytes.
   constexpr float kLn2 = 0.693147180559945309f;
   constexpr double kLog2e = 1.4426950408889634;
-  const float scale2 = static_cast<float>(a.scale * kLog2e);
-  const float cap2 = a.softcap > 0 ? static_cast<float>(a.softcap * kLog2e) : 0.f;
-  const float inv_cap2 = a.softcap > 0 ? 1.f / cap2 : 0.f;
-  const float* sink = a.sinks == nullptr ? nullptr
-                                         : static_cast<const float*>(a.sinks) + pos.b * a.ss[0] +
-                                               pos.h * a.ss[1] + pos.i * a.ss[2];
-  const bool vec = same_alignment(xr, o);
-  bool out[P];
-  outside_chunks<T, G, P>(lo, hi, lane, a0, out);
-  // v = the scores u (softcapped), -inf outside [lo, hi); chunks out[k] untouched.
-  auto load_scores = [&] {
-    RawRow<T, P> raw;
-    load_row<T, G, P>(xr, lo, hi, vec, lane, a0, raw);
-#pragma unroll
-    for (int k = 0; k < P; ++k) {
-      if (out[k]) continue;
-      const int p = (lane + G * k) * VEC - a0;
-      unpack_chunk(raw, k, v[k]);
-      if (raw.full[k]) {
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) v[k][e] *= scale2;
-      } else {
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-          v[k][e] = lo <= p + e && p + e < hi ? v[k][e] * scale2 : kNegInf;
-        }
-      }
-    }
-    if (cap2 > 0.f) {  // softcap * tanh(z / softcap) on the visible scores, in base 2
+  // The sink's value, not its address, is what stays live (one register, not two).
+  const float sink = a.sinks == nullptr ? kNegInf
+                                        : static_cast<const float*>(a.sinks)[pos.b * a.ss[0] +
+                                                                             pos.h * a.ss[1] +
+                                                                             pos.i * a.ss[2]];
+  // The rest, for the chunk slots k < N that hold visible keys (below).
+  auto body = [&]<int N>() {
+    const bool vec = same_alignment(xr, o);
+    bool out[P];
+    outside_chunks<T, G, P, N>(lo, hi, lane, a0, out);
+    // v = the scores u (softcapped), -inf outside [lo, hi); chunks out[k] untouched.
+    auto load_scores = [&] {
+      const float scale2 = static_cast<float>(a.scale * kLog2e);
+      RawRow<T, P> raw;
+      load_row<T, G, P, N>(xr, lo, hi, vec, lane, a0, raw);
 #pragma unroll
       for (int k = 0; k < P; ++k) {
         if (out[k]) continue;
         const int p = (lane + G * k) * VEC - a0;
+        unpack_chunk(raw, k, v[k]);
+        if (raw.full[k]) {
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-          if (lo <= p + e && p + e < hi) v[k][e] = cap2 * tanhf(v[k][e] * inv_cap2);
-        }
-      }
-    }
-    if constexpr (GENERAL) {
-      // Outside [lo, hi) the bias reads as 0 and the flags as false: -inf stays.
-      if (a.bias != nullptr) {  // z + bias, -inf where bias <= finfo.min
-        const T* br = static_cast<const T*>(a.bias) + pos.b * a.bs[0] + pos.h * a.bs[1] +
-                      pos.i * a.bs[2];
-        RawRow<T, P> raw;
-        load_row<T, G, P>(br, lo, hi, same_alignment(br, o), lane, a0, raw);
-#pragma unroll
-        for (int k = 0; k < P; ++k) {
-          if (out[k]) continue;
-          float bv[VEC];
-          unpack_chunk(raw, k, bv);
+          for (int e = 0; e < VEC; ++e) v[k][e] *= scale2;
+        } else {
 #pragma unroll
           for (int e = 0; e < VEC; ++e) {
-            v[k][e] = add_bias(v[k][e], bv[e], bias_min, static_cast<float>(kLog2e));
+            v[k][e] = lo <= p + e && p + e < hi ? v[k][e] * scale2 : kNegInf;
           }
         }
       }
-      if (a.mask != nullptr) {
-        const bool* mr = a.mask + pos.b * a.ms[0] + pos.h * a.ms[1] + pos.i * a.ms[2];
-        const uint64_t keep =
-            load_keep<T, G, P>(mr, lo, hi, reinterpret_cast<uintptr_t>(mr) % VEC == a0, lane, a0);
+      if (a.softcap > 0) {  // softcap * tanh(z / softcap) on the visible scores, in base 2
+        // (from the kernel's parameters here: held from the start, cap2 and
+        // its inverse were what spilled with with_active_slots' bodies)
+        const float cap2 = static_cast<float>(a.softcap * kLog2e), inv_cap2 = 1.f / cap2;
 #pragma unroll
         for (int k = 0; k < P; ++k) {
           if (out[k]) continue;
+          const int p = (lane + G * k) * VEC - a0;
 #pragma unroll
-          for (int e = 0; e < VEC; ++e) v[k][e] = (keep >> (k * VEC + e)) & 1 ? v[k][e] : kNegInf;
+          for (int e = 0; e < VEC; ++e) {
+            if (lo <= p + e && p + e < hi) v[k][e] = cap2 * tanhf(v[k][e] * inv_cap2);
+          }
         }
       }
-    }
-  };
-  load_scores();
-  // GENERAL: bit k * VEC + e set where the score is -inf (x, mask or bias), for
-  // a poisoned row (below), which then needs neither x, mask nor bias again: the
-  // pointers and flags that a second read keeps live cost the 4-chunk mask /
-  // bias tiers 52 bytes of spill at 80 registers (24 warps per SM).
-  uint64_t neg_inf = 0;
-  if constexpr (GENERAL) {
-    static_assert(P * VEC <= 64, "one bit per score");
+      if constexpr (GENERAL) {
+        // Outside [lo, hi) the bias reads as 0 and the flags as false: -inf stays.
+        if (a.bias != nullptr) {  // z + bias, -inf where bias <= finfo.min
+          const T* br = static_cast<const T*>(a.bias) + pos.b * a.bs[0] + pos.h * a.bs[1] +
+                        pos.i * a.bs[2];
+          RawRow<T, P> raw;
+          load_row<T, G, P>(br, lo, hi, same_alignment(br, o), lane, a0, raw);
 #pragma unroll
-    for (int k = 0; k < P; ++k) {
-      if (out[k]) continue;
+          for (int k = 0; k < P; ++k) {
+            if (out[k]) continue;
+            float bv[VEC];
+            unpack_chunk(raw, k, bv);
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) neg_inf |= uint64_t(v[k][e] == kNegInf) << (k * VEC + e);
+            for (int e = 0; e < VEC; ++e) {
+              v[k][e] = add_bias(v[k][e], bv[e], bias_min, static_cast<float>(kLog2e));
+            }
+          }
+        }
+        if (a.mask != nullptr) {
+          const bool* mr = a.mask + pos.b * a.ms[0] + pos.h * a.ms[1] + pos.i * a.ms[2];
+          const uint64_t keep =
+              load_keep<T, G, P>(mr, lo, hi, reinterpret_cast<uintptr_t>(mr) % VEC == a0, lane, a0);
+#pragma unroll
+          for (int k = 0; k < P; ++k) {
+            if (out[k]) continue;
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) v[k][e] = (keep >> (k * VEC + e)) & 1 ? v[k][e] : kNegInf;
+          }
+        }
+      }
+    };
+    load_scores();
+    // GENERAL: bit k * VEC + e set where the score is -inf (x, mask or bias), for
+    // a poisoned row (below), which then needs neither x, mask nor bias again: the
+    // pointers and flags that a second read keeps live cost the 4-chunk mask /
+    // bias tiers 52 bytes of spill at 80 registers (24 warps per SM).
+    uint64_t neg_inf = 0;
+    if constexpr (GENERAL) {
+      static_assert(P * VEC <= 64, "one bit per score");
+#pragma unroll
+      for (int k = 0; k < P; ++k) {
+        if (out[k]) continue;
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) neg_inf |= uint64_t(v[k][e] == kNegInf) << (k * VEC + e);
+      }
     }
-  }
 
-  // Max and sum by chunk, then across chunks: P short dependency chains
-  // instead of one of P * VEC.
-  float part_m[P];  // fmaxf skips NaN: a NaN score shows up in the sum
-#pragma unroll
-  for (int k = 0; k < P; ++k) {
-    part_m[k] = kNegInf;
-    if (out[k]) continue;
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) part_m[k] = fmaxf(part_m[k], v[k][e]);
-  }
-  float m = part_m[0];
-#pragma unroll
-  for (int k = 1; k < P; ++k) m = fmaxf(m, part_m[k]);
-  m = group_reduce<G>(m, mask, part[0], max_op);
-  const float m_block = m;  // tier D: this CTA's max, -inf when it has no finite score
-  if (m == kNegInf) m = 0.f;  // every score -inf: 2^(-inf - 0) = 0, no NaN
-  float part_s[P];
-  // The row's sum of 2^(u - m) and, in tier D, the row's max m and the factor
-  // 2^(m_block - m) that turns this CTA's exps into the row's.
-  float block_factor = 1.f;
-  auto row_sum = [&] {
-    float s = 0.f;
-#pragma unroll
-    for (int k = 0; k < P; ++k) s += part_s[k];
-    s = group_reduce<G>(s, mask, part[1], sum_op);
-    if constexpr (CLUSTER) {
-      const float2 row = cluster_merge(make_float2(m_block, s), cluster_slot);
-      block_factor = s == 0.f ? 0.f : exp2f(m - row.x);  // s == 0: every exp here is 0
-      m = row.x == kNegInf ? 0.f : row.x;
-      s = row.y;
-    }
-    return s;
-  };
-  if constexpr (LOG) {
+    // Max and sum by chunk, then across chunks: P short dependency chains
+    // instead of one of P * VEC.
+    float part_m[P];  // fmaxf skips NaN: a NaN score shows up in the sum
 #pragma unroll
     for (int k = 0; k < P; ++k) {
-      part_s[k] = 0.f;
+      part_m[k] = kNegInf;
       if (out[k]) continue;
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) part_s[k] += exp2_ftz(v[k][e] - m);
+      for (int e = 0; e < VEC; ++e) part_m[k] = fmaxf(part_m[k], v[k][e]);
     }
-    const float s = row_sum();
-    const RowNorm n = row_norm(m * kLn2, s, sink);
+    float m = part_m[0];
 #pragma unroll
-    for (int k = 0; k < P; ++k) {
-      if (out[k]) continue;
+    for (int k = 1; k < P; ++k) m = fmaxf(m, part_m[k]);
+    m = group_reduce<G>(m, mask, part[0], max_op);
+    const float m_block = m;  // tier D: this CTA's max, -inf when it has no finite score
+    if (m == kNegInf) m = 0.f;  // every score -inf: 2^(-inf - 0) = 0, no NaN
+    float part_s[P];
+    // The row's sum of 2^(u - m) and, in tier D, the row's max m and the factor
+    // 2^(m_block - m) that turns this CTA's exps into the row's.
+    float block_factor = 1.f;
+    auto row_sum = [&] {
+      float s = 0.f;
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) {
-        // (u - m) ln 2 = z - max z to the rounding of the subtraction, as in base e
-        const float y = (v[k][e] - m) * kLn2 - n.lse_m;  // below finfo.min: finfo.min; NaN stays
-        v[k][e] = v[k][e] == kNegInf || y < masked ? masked : y;
+      for (int k = 0; k < P; ++k) s += part_s[k];
+      s = group_reduce<G>(s, mask, part[1], sum_op);
+      if constexpr (CLUSTER) {
+        const float2 row = cluster_merge(make_float2(m_block, s), cluster_slot);
+        block_factor = s == 0.f ? 0.f : exp2f(m - row.x);  // s == 0: every exp here is 0
+        m = row.x == kNegInf ? 0.f : row.x;
+        s = row.y;
       }
-    }
-  } else {
+      return s;
+    };
+    if constexpr (LOG) {
 #pragma unroll
-    for (int k = 0; k < P; ++k) {
-      part_s[k] = 0.f;
-      if (out[k]) continue;
+      for (int k = 0; k < P; ++k) {
+        part_s[k] = 0.f;
+        if (out[k]) continue;
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) {
-        v[k][e] = exp2_ftz(v[k][e] - m);  // the one exp of each element
-        part_s[k] += v[k][e];
+        for (int e = 0; e < VEC; ++e) part_s[k] += exp2_ftz(v[k][e] - m);
       }
-    }
-    const float s = row_sum();
-    const RowNorm n = row_norm(m * kLn2, s, sink);
-    if (n.poisoned) {
-      // Rare: NaN at every visible position but those whose score is -inf,
-      // which the exps no longer tell apart: read the row again (GENERAL: the
-      // bits kept above).
-      if constexpr (!GENERAL) load_scores();
+      const float s = row_sum();
+      const RowNorm n = row_norm(m * kLn2, s, sink);
 #pragma unroll
       for (int k = 0; k < P; ++k) {
         if (out[k]) continue;
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
-          const bool is_neg_inf = GENERAL ? (neg_inf >> (k * VEC + e)) & 1 : v[k][e] == kNegInf;
-          v[k][e] = is_neg_inf ? 0.f : std::numeric_limits<float>::quiet_NaN();
+          // (u - m) ln 2 = z - max z to the rounding of the subtraction, as in base e
+          const float y = (v[k][e] - m) * kLn2 - n.lse_m;  // below finfo.min: finfo.min; NaN stays
+          v[k][e] = v[k][e] == kNegInf || y < masked ? masked : y;
         }
       }
     } else {
-      const float c = n.c * block_factor;
 #pragma unroll
       for (int k = 0; k < P; ++k) {
+        part_s[k] = 0.f;
         if (out[k]) continue;
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) v[k][e] *= c;
+        for (int e = 0; e < VEC; ++e) {
+          v[k][e] = exp2_ftz(v[k][e] - m);  // the one exp of each element
+          part_s[k] += v[k][e];
+        }
+      }
+      const float s = row_sum();
+      const RowNorm n = row_norm(m * kLn2, s, sink);
+      if (n.poisoned) {
+        // Rare: NaN at every visible position but those whose score is -inf,
+        // which the exps no longer tell apart: read the row again (GENERAL: the
+        // bits kept above).
+        if constexpr (!GENERAL) load_scores();
+#pragma unroll
+        for (int k = 0; k < P; ++k) {
+          if (out[k]) continue;
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) {
+            const bool is_neg_inf = GENERAL ? (neg_inf >> (k * VEC + e)) & 1 : v[k][e] == kNegInf;
+            v[k][e] = is_neg_inf ? 0.f : std::numeric_limits<float>::quiet_NaN();
+          }
+        }
+      } else {
+        const float c = n.c * block_factor;
+#pragma unroll
+        for (int k = 0; k < P; ++k) {
+          if (out[k]) continue;
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) v[k][e] *= c;
+        }
       }
     }
+    store_row<T, G, P>(o, Tk, lane, a0, v, out, masked);
+  };
+  if constexpr (kSlots) {
+    with_active_slots<P>(slots, body);
+  } else {
+    body.template operator()<P>();
   }
-  store_row<T, G, P>(o, Tk, lane, a0, v, out, masked);
   if constexpr (CLUSTER) cluster_done();
 }
 
@@ -1019,18 +1090,21 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kTierMinBlocks<G, P>)) softmax
   __shared__ float2 cluster_slot[1];            // tier D: this CTA's sum
   const uint32_t r = CLUSTER ? blockIdx.x / cluster_blocks()
                              : blockIdx.x * (kTierBlock<G> / G) + threadIdx.x / G;
-  if (r >= a.rows()) return;
+  const bool has_row = r < a.rows();  // as in the forward
+  if (!has_row && CLUSTER) return;
   const int lane = CLUSTER ? cluster_rank() * G * P + threadIdx.x : threadIdx.x % G;
   const unsigned mask = group_mask<G>();
   const TierRow pos = tier_row(r, d);
-  int64_t lo64, hi64;
-  row_bounds(a.spec, pos.b, pos.i, lo64, hi64);
+  int64_t lo64 = 0, hi64 = 0;
+  if (has_row) row_bounds(a.spec, pos.b, pos.i, lo64, hi64);
   const int lo = static_cast<int>(lo64), hi = static_cast<int>(hi64), Tk = static_cast<int>(a.Tk);
   T* __restrict__ o = static_cast<T*>(a.out) + static_cast<int64_t>(r) * a.Tk;
   const T* __restrict__ yr = static_cast<const T*>(a.y) + static_cast<int64_t>(r) * a.Tk;
   const T* __restrict__ gr = static_cast<const T*>(a.x) + pos.b * a.xs[0] + pos.h * a.xs[1] +
                              pos.i * a.xs[2];
   const int a0 = static_cast<int>(reinterpret_cast<uintptr_t>(o) / sizeof(T) % VEC);
+  const int slots = CLUSTER ? P : active_slots<T, G, P>(hi, a0);
+  if (!has_row) return;
   float v[P][VEC];
   if (lo >= hi) {
 #pragma unroll
@@ -1041,50 +1115,58 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kTierMinBlocks<G, P>)) softmax
     store_row<T, G, P>(o, Tk, lane, a0, v);
     return;
   }
-  const bool vec = same_alignment(yr, o) && same_alignment(gr, o);
-  RawRow<T, P> yraw, graw;  // 0 outside [lo, hi): adds nothing to the sums below
-  load_row<T, G, P>(yr, lo, hi, vec, lane, a0, yraw);
-  load_row<T, G, P>(gr, lo, hi, vec, lane, a0, graw);
-  // Chunks wholly outside [lo, hi), as in the forward: neither read (load_row)
-  // nor computed, only written as 0 (the padded backward ran at the full
-  // row's time on the H200 while reading 25 % less: instructions per element).
-  bool out[P];
-  outside_chunks<T, G, P>(lo, hi, lane, a0, out);
-  const float ymin = static_cast<float>(std::numeric_limits<T>::lowest());
-  float dot = 0.f;
+  // The rest, for the chunk slots k < N that hold visible keys (as in the forward).
+  auto body = [&]<int N>() {
+    const bool vec = same_alignment(yr, o) && same_alignment(gr, o);
+    RawRow<T, P> yraw, graw;  // 0 outside [lo, hi): adds nothing to the sums below
+    load_row<T, G, P, N>(yr, lo, hi, vec, lane, a0, yraw);
+    load_row<T, G, P, N>(gr, lo, hi, vec, lane, a0, graw);
+    // Chunks wholly outside [lo, hi), as in the forward: neither read (load_row)
+    // nor computed, only written as 0 (the padded backward ran at the full
+    // row's time on the H200 while reading 25 % less: instructions per element).
+    bool out[P];
+    outside_chunks<T, G, P, N>(lo, hi, lane, a0, out);
+    const float ymin = static_cast<float>(std::numeric_limits<T>::lowest());
+    float dot = 0.f;
 #pragma unroll
-  for (int k = 0; k < P; ++k) {
-    if (out[k]) continue;
-    float yv[VEC], gv[VEC];
-    unpack_chunk(yraw, k, yv);
-    unpack_chunk(graw, k, gv);
+    for (int k = 0; k < P; ++k) {
+      if (out[k]) continue;
+      float yv[VEC], gv[VEC];
+      unpack_chunk(yraw, k, yv);
+      unpack_chunk(graw, k, gv);
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) dot += LOG ? (yv[e] == ymin ? 0.f : gv[e]) : yv[e] * gv[e];
-  }
-  dot = group_reduce<G>(dot, mask, part, sum_op);
-  if constexpr (CLUSTER) dot = cluster_merge(make_float2(0.f, dot), cluster_slot).y;  // a plain sum
-  const float scale = static_cast<float>(a.scale);
-#pragma unroll
-  for (int k = 0; k < P; ++k) {
-    if (out[k]) continue;
-    const int p = (lane + G * k) * VEC - a0;
-    float gv[VEC];
-    unpack_chunk(yraw, k, v[k]);
-    unpack_chunk(graw, k, gv);
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) {
-      const float yv = v[k][e];
-      if constexpr (LOG) {
-        v[k][e] = yv == ymin ? 0.f : scale * (gv[e] - fast_exp(yv) * dot);
-      } else {
-        v[k][e] = scale * yv * (gv[e] - dot);
-      }
-      // dx is 0 outside [lo, hi), whatever dot is (NaN in a NaN row)
-      if (!yraw.full[k] && !(lo <= p + e && p + e < hi)) v[k][e] = 0.f;
+      for (int e = 0; e < VEC; ++e) dot += LOG ? (yv[e] == ymin ? 0.f : gv[e]) : yv[e] * gv[e];
     }
+    dot = group_reduce<G>(dot, mask, part, sum_op);
+    if constexpr (CLUSTER) dot = cluster_merge(make_float2(0.f, dot), cluster_slot).y;  // a plain sum
+    const float scale = static_cast<float>(a.scale);
+#pragma unroll
+    for (int k = 0; k < P; ++k) {
+      if (out[k]) continue;
+      const int p = (lane + G * k) * VEC - a0;
+      float gv[VEC];
+      unpack_chunk(yraw, k, v[k]);
+      unpack_chunk(graw, k, gv);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        const float yv = v[k][e];
+        if constexpr (LOG) {
+          v[k][e] = yv == ymin ? 0.f : scale * (gv[e] - fast_exp(yv) * dot);
+        } else {
+          v[k][e] = scale * yv * (gv[e] - dot);
+        }
+        // dx is 0 outside [lo, hi), whatever dot is (NaN in a NaN row)
+        if (!yraw.full[k] && !(lo <= p + e && p + e < hi)) v[k][e] = 0.f;
+      }
+    }
+    store_row<T, G, P>(o, Tk, lane, a0, v, out, 0.f);
+  };
+  if constexpr (CLUSTER) {
+    body.template operator()<P>();
+    cluster_done();
+  } else {
+    with_active_slots<P>(slots, body);
   }
-  store_row<T, G, P>(o, Tk, lane, a0, v, out, 0.f);
-  if constexpr (CLUSTER) cluster_done();
 }
 
 // Which tier holds rows of `a`, as the number of 16-byte chunks a row needs
@@ -1400,6 +1482,15 @@ constexpr int kTierDMaxP = BACKWARD ? kTierMaxP<T> / 2 : 8;
 // 64K keys backward.
 template <typename T, bool BACKWARD>
 constexpr int64_t kTierDMaxChunks = int64_t(kClusterMax) * kClusterBlock * kTierDMaxP<T, BACKWARD>;
+// The forward's wide plan: 128 scores per thread (16 fp16 / bf16 chunks; one
+// CTA per SM, up to 255 registers) in clusters of fewer CTAs; 0: none (fp32's
+// 32 chunks spilled 184 bytes at 255 registers). Measured on the H200 (2026-11-27): 128 rows of 64K fp16 keys on
+// clusters of 4 CTAs of 8 chunks (118 registers, 2 CTAs per SM) got 62
+// clusters at once, not 66 (a cluster's CTAs share a GPC): three rounds of
+// rows (62 + 62 + 4), each latency-bound, 1.79x the copy. Clusters of 2 at one
+// CTA per SM hold 66 rows at once with the same bytes per SM: two rounds.
+template <typename T, bool BACKWARD>
+constexpr int kTierDWideP = !BACKWARD && sizeof(T) == 2 ? 16 : 0;
 
 struct ClusterPlan {
   int C = 0, P = 0;  // CTAs per row, chunks per thread; C = 0: not tier D
@@ -1411,9 +1502,11 @@ struct ClusterPlan {
 // the fewest CTAs of max_p chunks per thread that hold them; fewer rows than
 // SMs, with more than 1024 chunks, spread over twice the CTAs (half the chunks
 // per thread, at least 2) until they cover the SMs or reach 8 CTAs. Otherwise
-// the block tiers (C = 0).
+// the block tiers (C = 0). wide_p (0: none): where the plan holds max_p chunks
+// per thread and the CTAs of wide_p chunks still make clusters of 2 or more
+// and give every SM one, wide_p chunks per thread (kTierDWideP).
 inline ClusterPlan cluster_plan(int64_t rows, int64_t chunks, int64_t sms, int max_p,
-                                int64_t block_max) {
+                                int64_t block_max, int wide_p = 0) {
   if (chunks <= 1024 || chunks > int64_t(kClusterMax) * kClusterBlock * max_p ||
       (chunks <= block_max && rows >= sms) || rows * kClusterMax >= (int64_t(1) << 31)) {
     return {};
@@ -1423,6 +1516,8 @@ inline ClusterPlan cluster_plan(int64_t rows, int64_t chunks, int64_t sms, int m
   while (C < kClusterMax && rows * C < sms && chunks > int64_t(C) * kClusterBlock * 2) C *= 2;
   int P = 2;
   while (int64_t(C) * kClusterBlock * P < chunks) P *= 2;
+  const int wide_c = wide_p > max_p ? C * max_p / wide_p : 0;
+  if (P == max_p && wide_c >= 2 && rows * wide_c >= sms) return {wide_c, wide_p};
   return {C, P};
 }
 
@@ -1473,10 +1568,12 @@ bool launch_tier_d(const SoftmaxArgs& a, int64_t chunks, cudaStream_t stream) {
   // 512-thread blocks and two 256-thread CTAs fill an SM alike.
   constexpr int64_t kBlockMax =
       BACKWARD ? (kMaxP == 4 ? 256 * kMaxP : kTierMaxChunks<kMaxP>) : kForwardTierMaxChunks;
-  const ClusterPlan plan = cluster_plan(a.rows(), chunks, cuda::sm_count(), kMaxP, kBlockMax);
+  constexpr int kWideP = kTierDWideP<T, BACKWARD>;
+  const ClusterPlan plan =
+      cluster_plan(a.rows(), chunks, cuda::sm_count(), kMaxP, kBlockMax, kWideP);
   bool launched = false;
   auto launch = [&]<int P>() {
-    if constexpr (P <= kMaxP) {
+    if constexpr (P <= kMaxP || P == kWideP) {
       if (plan.P != P) return;
       void (*kernel)(SoftmaxArgs, RowDiv);
       if constexpr (BACKWARD) {
@@ -1499,6 +1596,7 @@ bool launch_tier_d(const SoftmaxArgs& a, int64_t chunks, cudaStream_t stream) {
     launch.template operator()<2>();
     launch.template operator()<4>();
     launch.template operator()<8>();
+    launch.template operator()<16>();
   }
   return launched;
 }
