@@ -446,8 +446,8 @@ def _tier(Tk, dtype, backward, general=False, rows=30):
     if backward:  # launch_tier_d<T, LOG, true>: y and dy, half the forward's chunks
         cluster = _cluster(need, rows, 8 if vec == 4 else 4, 4096 if vec == 4 else 1024)
     else:
-        # kTierDWideP: 128 scores per thread
-        cluster = None if general else _cluster(need, rows, 8, 4096, 128 // vec)
+        # kTierDWideP: 16 chunks per thread for fp16 / bf16
+        cluster = None if general else _cluster(need, rows, 8, 4096, 16 if vec == 8 else 0)
     if cluster:
         return cluster
     if not backward:  # with_forward_tier<MAXP>: 16 for fp32 without mask or bias, else 8
@@ -596,10 +596,9 @@ def test_cuda_tier_active_slots(dtype):
 def test_cuda_tier_forward_many_rows(dtype, fill):
     """As many rows as SMs (or half), rows of more than 1024 chunks: the block
     tiers up to their longest rows (with fewer rows than SMs, tier D takes
-    them), then tier D by row length (4 and 8 CTAs of 8 chunks per thread,
-    or the wide plan: 2 and 4 CTAs of 16 fp16 / bf16 chunks, 2 of 32 fp32
-    chunks; 2 CTAs of 4 and 8 chunks for half as many rows), then the split
-    rows; x
+    them), then tier D by row length (fp32: 4 and 8 CTAs of 8 chunks per
+    thread; fp16 / bf16: the wide plan, 2 and 4 CTAs of 16; 2 CTAs of 4 and 8
+    chunks for half as many rows), then the split rows; x
     aligned and not, lengths 0, 1, Tk and between, causal with sinks. The
     backward likewise (its tier D holds rows of 64K keys)."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count

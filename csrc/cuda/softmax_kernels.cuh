@@ -847,9 +847,10 @@ __global__ void __launch_bounds__(kTierBlock<G>, (CLUSTER ? kTierMinBlocks<G, (P
   __shared__ float2 cluster_slot[1];  // tier D: this CTA's (max, sum)
   const uint32_t r = CLUSTER ? blockIdx.x / cluster_blocks()
                              : blockIdx.x * (kTierBlock<G> / G) + threadIdx.x / G;
-  // Whole rows: the G lanes of a row leave together, past active_slots (in
-  // which every lane of a warp takes part) where it applies.
-  // (Not for 16 chunks per thread: fp32's at 168 registers spilled 100 bytes.)
+  // kSlots: with_active_slots below (not for 16 chunks per thread: fp32's, at
+  // 168 registers, spilled 100 bytes with it). Whole rows: the G lanes of a row
+  // leave together, past active_slots (in which every lane of a warp takes
+  // part) where it applies.
   constexpr bool kSlots = !GENERAL && !CLUSTER && P <= 8;
   const bool has_row = r < a.rows();
   if (!has_row && !kSlots) return;
@@ -1138,7 +1139,8 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kTierMinBlocks<G, P>)) softmax
       for (int e = 0; e < VEC; ++e) dot += LOG ? (yv[e] == ymin ? 0.f : gv[e]) : yv[e] * gv[e];
     }
     dot = group_reduce<G>(dot, mask, part, sum_op);
-    if constexpr (CLUSTER) dot = cluster_merge(make_float2(0.f, dot), cluster_slot).y;  // a plain sum
+    // tier D: with m = 0 the merge is a plain sum
+    if constexpr (CLUSTER) dot = cluster_merge(make_float2(0.f, dot), cluster_slot).y;
     const float scale = static_cast<float>(a.scale);
 #pragma unroll
     for (int k = 0; k < P; ++k) {
@@ -1484,11 +1486,12 @@ template <typename T, bool BACKWARD>
 constexpr int64_t kTierDMaxChunks = int64_t(kClusterMax) * kClusterBlock * kTierDMaxP<T, BACKWARD>;
 // The forward's wide plan: 128 scores per thread (16 fp16 / bf16 chunks; one
 // CTA per SM, up to 255 registers) in clusters of fewer CTAs; 0: none (fp32's
-// 32 chunks spilled 184 bytes at 255 registers). Measured on the H200 (2026-11-27): 128 rows of 64K fp16 keys on
-// clusters of 4 CTAs of 8 chunks (118 registers, 2 CTAs per SM) got 62
-// clusters at once, not 66 (a cluster's CTAs share a GPC): three rounds of
-// rows (62 + 62 + 4), each latency-bound, 1.79x the copy. Clusters of 2 at one
-// CTA per SM hold 66 rows at once with the same bytes per SM: two rounds.
+// 32 chunks spilled 184 bytes at 255 registers). Measured on the H200
+// (2026-11-27): 128 rows of 64K fp16 keys on clusters of 4 CTAs of 8 chunks
+// (118 registers, 2 CTAs per SM) got 62 clusters at once, not 66 (a cluster's
+// CTAs share a GPC): three rounds of rows (62 + 62 + 4), each latency-bound,
+// 1.79x the copy. Clusters of 2 at one CTA per SM hold 66 rows at once with
+// the same bytes per SM: two rounds.
 template <typename T, bool BACKWARD>
 constexpr int kTierDWideP = !BACKWARD && sizeof(T) == 2 ? 16 : 0;
 
