@@ -1,6 +1,7 @@
 """A small Llama-like Hugging Face model, forward and forward+backward with a
 left-padded batch: attn_implementation "eager" vs "sdpa" vs "maskext"
-(maskext.hf), time and memory.
+(maskext.hf) vs "maskext-nosync" (maskext.hf.register(host_sync=False)), time
+and memory.
 
     python benchmarks/bench_hf.py [--device cpu|cuda] [--threads N] [--batch B] [--seq T]
                                   [--layers L] [--hidden H] [--dtype fp32|bf16|fp16] [--out DIR]
@@ -38,7 +39,9 @@ except ImportError:
 import maskext  # noqa: E402
 import maskext.hf  # noqa: E402
 
-PROVIDERS = ["eager", "sdpa", "maskext"]
+# maskext-nosync: maskext.hf.register(host_sync=False), the padding mask never
+# read on the host (a bool mask in the softmax instead of intervals).
+PROVIDERS = ["eager", "sdpa", "maskext", "maskext-nosync"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -153,6 +156,7 @@ def main():
     args.seq = args.seq or (1024 if cuda else 512)
     args.dtype = args.dtype or ("bf16" if cuda else "fp32")
     maskext.hf.register()
+    maskext.hf.register("maskext-nosync", host_sync=False)
     env = common.env_info(args.device)
     B, T = args.batch, args.seq
     print(f"model: Llama-like, {args.layers} layers, hidden {args.hidden}, {args.heads} heads, "

@@ -225,7 +225,7 @@ fi
 want hf && step "benchmarks: Hugging Face backend"
 if ! want hf; then :
 elif python -c "import transformers" > /dev/null 2>&1; then
-  HFQ=(--batch 4 --seq 1024 --repeat 3 --min-run-time 1)
+  HFQ=(--batch 4 --seq 1024 --repeat 2 --min-run-time 1)
   [ "$DRY" = 1 ] && HFQ=(--batch 1 --seq 64 --layers 1 --repeat 1 --min-run-time 0.05)
   run_step 60 python benchmarks/bench_hf.py --device "$DEV" "${HFQ[@]}" --out "$LOGS" \
     > "$LOGS/bench_hf.log" 2>&1

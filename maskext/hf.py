@@ -37,6 +37,11 @@ Two functions are registered under one name:
   sliding-window caches)        ``(B,)`` tensor when the static cache gives a tensor)
   ============================  =========================================================
 
+  Reading the 2-D mask's shape (one run per row? left padding?) takes one
+  host sync per forward; ``register(name, host_sync=False)`` registers a mask
+  function that never syncs and passes the padding as a ``(B, 1, 1, Tk)`` bool
+  mask next to ``lengths`` instead.
+
   Two fall-backs, both correct:
 
   * a 2-D ``attention_mask`` with holes (a row that is not one run of ones) is
@@ -61,6 +66,7 @@ gives zeros (right padding: the same row as eager; left padding: the row over
 the padding keys). Real tokens' outputs are the same.
 """
 import dataclasses
+import functools
 from typing import Callable, Optional, Union
 
 import torch
@@ -247,6 +253,28 @@ def _padding(attention_mask: Optional[Tensor], kv_length: int, kv_offset: int):
     return value
 
 
+def _padding_no_sync(attention_mask: Optional[Tensor], kv_length: int, kv_offset: int):
+    """_padding without reading the mask on the host: (end, keep), the end of
+    each row's last real key ((B,) int64, 0 for a row without one) and the
+    (B, Tk) bool keep, or None without a mask. What the rows look like (one
+    run, left padding, none) is not known here, so the keep always goes with
+    the spec (the mask/bias kernels; the backward reads no mask)."""
+    if attention_mask is None:
+        return None
+    pm = attention_mask
+    if pm.dtype != torch.bool:
+        pm = pm != 0
+    short = kv_offset + kv_length - pm.shape[-1]
+    if short > 0:  # HF pads a short mask (static cache) with "padding"
+        pm = F.pad(pm, (0, short), value=False)
+    pm = pm[:, kv_offset:kv_offset + kv_length]
+    Tk = pm.shape[-1]
+    # 1 + the index of the last True, 0 for none: the largest of (j + 1) * keep[j]
+    end = (pm * torch.arange(1, Tk + 1, device=pm.device)).amax(-1) if Tk > 0 else \
+        torch.zeros(pm.shape[0], dtype=torch.long, device=pm.device)
+    return end, pm
+
+
 def _runs(*ids: Tensor) -> Tensor:
     """(B, Tk) int64, non-decreasing: a new number wherever any of ``ids``
     changes along the keys, so two keys share a number iff they share every id
@@ -260,12 +288,16 @@ def _runs(*ids: Tensor) -> Tensor:
 
 def mask_function(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv_offset: int = 0,
                   mask_function: Callable = _mu.causal_mask_function,
-                  attention_mask: Optional[Tensor] = None, device=None,
-                  **kwargs) -> Union[MaskSpec, MaskWithKeep]:
+                  attention_mask: Optional[Tensor] = None, device=None, *,
+                  host_sync: bool = True, **kwargs) -> Union[MaskSpec, MaskWithKeep]:
     """The ``AttentionMaskInterface`` function: HF's mask request as a
     :class:`maskext.MaskSpec` (or :class:`MaskWithKeep` for what intervals
     cannot say). Arguments as HF's ``sdpa_mask``; ``q_offset`` / ``kv_offset``
-    are the absolute positions of the first query / key."""
+    are the absolute positions of the first query / key. ``host_sync``
+    (``register``'s): read the 2-D padding mask's shape on the host (one sync
+    per forward) to describe it by intervals; False: no sync, the padding mask
+    goes with the spec as a ``(B, 1, 1, Tk)`` bool mask (``lengths`` = the end
+    of the real keys)."""
     if isinstance(attention_mask, (MaskSpec, MaskWithKeep)):
         return attention_mask  # prepared in advance for this step (static-cache generation)
     device = torch.device(device) if device is not None else (
@@ -306,7 +338,13 @@ def mask_function(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv
 
     keep = None
     ids = []
-    pad = _padding(attention_mask, kv_length, kv_offset)
+    if not host_sync:
+        pad = _padding_no_sync(attention_mask, kv_length, kv_offset)
+        if pad is not None:
+            spec["lengths"], keep = pad[0], pad[1][:, None, None, :]
+        pad = None
+    else:
+        pad = _padding(attention_mask, kv_length, kv_offset)
     if isinstance(pad, Tensor):
         keep = pad[:, None, None, :]  # holes: (B, 1, 1, Tk), broadcast, read by strides
     elif pad is not None:
@@ -420,16 +458,25 @@ def attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value
 
 # ---------------------------------------------------------------- registration
 
-def register(name: str = "maskext") -> str:
+def register(name: str = "maskext", *, host_sync: bool = True) -> str:
     """Registers :func:`attention_forward` with ``transformers.AttentionInterface``
     and :func:`mask_function` with ``transformers.masking_utils.AttentionMaskInterface``
     under ``name``, for ``from_pretrained(..., attn_implementation=name)`` and
-    ``model.set_attn_implementation(name)``. Idempotent; returns ``name``."""
+    ``model.set_attn_implementation(name)``. Idempotent; returns ``name``.
+
+    ``host_sync=False``: the mask function never reads the 2-D padding mask on
+    the host (with True, one sync per forward, which waits for the GPU's queue,
+    as HF's own sdpa mask does); the padding then goes to the softmax as a bool
+    mask (its mask path) whatever the rows look like, which is slower per
+    softmax but lets the host run ahead of the GPU."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"maskext.hf.register: name must be a non-empty str, got {name!r}")
     if name in _BUILTIN_NAMES:
         raise ValueError(f"maskext.hf.register: name must not be one of transformers' own "
                          f"backends {sorted(_BUILTIN_NAMES)}, got {name!r}")
+    if not isinstance(host_sync, bool):
+        raise TypeError(f"maskext.hf.register: host_sync must be a bool, got {host_sync!r}")
     transformers.AttentionInterface.register(name, attention_forward)
-    _mu.AttentionMaskInterface.register(name, mask_function)
+    _mu.AttentionMaskInterface.register(
+        name, mask_function if host_sync else functools.partial(mask_function, host_sync=False))
     return name

@@ -119,6 +119,27 @@ def batch(layout, device="cpu", T=12):
     return ids.to(device), real.long().to(device), None, real
 
 
+def _check_training_grads(eager, ours):
+    """The gradients of one training step on a right-padded batch are eager's
+    (with padding first, the last padding position predicts the first real
+    token, and padding queries' rows differ from eager's, as documented)."""
+    ids, mask, pos, real = batch("right")
+    labels = ids.masked_fill(~real, -100)
+    grads = []
+    for m in (eager, ours):
+        m.train()
+        m.zero_grad()
+        try:
+            m(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        finally:
+            m.eval()
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+        m.zero_grad()
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 5
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-4, rtol=1e-3, msg=n)
+
+
 def logits_of(model, ids, mask, pos, **kw):
     with torch.no_grad():
         return model(input_ids=ids, attention_mask=mask, position_ids=pos, **kw)
@@ -249,6 +270,48 @@ def test_mask_function_equals_hf_sdpa_mask(case):
         assert torch.equal(got, ref)
 
 
+@pytest.mark.parametrize("case", list(_mask_cases()), ids=lambda c: c[0])
+def test_mask_function_without_host_sync(case, monkeypatch):
+    """host_sync=False: the 2-D mask is never read on the host (_padding, the
+    one place that does, is not called) and goes with the spec as a (B, 1, 1,
+    Tk) keep next to lengths = the end of the real keys; the real queries'
+    rows equal HF's sdpa_mask."""
+    name, fn, pad, q_offset, Tq, kv_length, kv_offset = case
+
+    def no_sync(*args):
+        raise AssertionError("host_sync=False read the padding mask on the host")
+    monkeypatch.setattr(mhf, "_padding", no_sync)
+    B = 3 if pad is None else pad.shape[0]
+    ours = mhf.mask_function(batch_size=B, q_length=Tq, kv_length=kv_length, q_offset=q_offset,
+                             kv_offset=kv_offset, mask_function=fn, attention_mask=pad,
+                             host_sync=False)
+    ref = mu.sdpa_mask(batch_size=B, q_length=Tq, kv_length=kv_length, q_offset=q_offset,
+                       kv_offset=kv_offset, mask_function=fn, attention_mask=pad,
+                       allow_is_causal_skip=False).expand(B, 1, Tq, kv_length)
+    if name in ("blockwise", "remap-alone"):
+        assert isinstance(ours, mhf.MaskWithKeep) and ours.keep.shape == (B, 1, Tq, kv_length)
+    elif pad is not None:
+        assert isinstance(ours, mhf.MaskWithKeep) and ours.keep.shape == (B, 1, 1, kv_length)
+        assert ours.spec.lengths is not None
+    else:
+        assert isinstance(ours, maskext.MaskSpec), name
+    got = _materialise(ours, B, Tq, kv_length)
+    live = torch.ones(B, 1, Tq, 1, dtype=torch.bool)
+    if pad is not None and not name.startswith("cross"):
+        qpos = int(q_offset) + torch.arange(Tq)
+        live = torch.nn.functional.pad(pad, (0, 32))[:, qpos].view(B, 1, Tq, 1)
+    torch.testing.assert_close(got & live, ref & live, msg=name)
+
+
+def test_register_host_sync():
+    name = mhf.register("maskext-nosync", host_sync=False)
+    fn = mu.AttentionMaskInterface._global_mapping[name]
+    assert fn.func is mhf.mask_function and fn.keywords == {"host_sync": False}
+    assert transformers.AttentionInterface._global_mapping[name] is mhf.attention_forward
+    with pytest.raises(TypeError, match="maskext.hf.register: host_sync must be a bool"):
+        mhf.register("maskext-nosync", host_sync=None)
+
+
 # ---------------------------------------------------------------- whole models vs eager
 
 # HF detects packed sequences (position_ids restarts) only for causal masks
@@ -263,6 +326,25 @@ def test_logits_equal_eager(kind, layout):
     assert torch.isfinite(b).all()
     assert a.abs().max() > 1  # the comparison is not of near-zero numbers
     torch.testing.assert_close(b[real], a[real], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma2", "gpt_oss", "modernbert", "bert"])
+def test_no_host_sync_logits_and_gradients_equal_eager(kind):
+    """register(host_sync=False): the same logits at the real tokens for left
+    and right padding and holes, and the same gradients of a training step."""
+    eager, _ = models(kind)
+    ours = _auto(kind).from_config(_config(kind),
+                                   attn_implementation=mhf.register("maskext-nosync",
+                                                                    host_sync=False))
+    ours.load_state_dict(eager.state_dict())
+    ours.eval()
+    for layout in ("left", "right", "holes"):
+        ids, mask, pos, real = batch(layout)
+        a = logits_of(eager, ids, mask, pos).logits
+        b = logits_of(ours, ids, mask, pos).logits
+        assert torch.isfinite(b).all()
+        torch.testing.assert_close(b[real], a[real], atol=1e-4, rtol=1e-4, msg=layout)
+    _check_training_grads(eager, ours)
 
 
 @pytest.mark.parametrize("kind", DECODERS + ENCODERS)
@@ -320,21 +402,7 @@ def test_greedy_generate_identical(kind, cache):
 @pytest.mark.parametrize("kind", DECODERS + ENCODERS)
 def test_training_step_gradients_equal(kind):
     eager, ours = models(kind)
-    ids, mask, pos, real = batch("right")
-    labels = ids.masked_fill(~real, -100)
-    grads = []
-    for m in (eager, ours):
-        m.train()
-        m.zero_grad()
-        try:
-            m(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
-        finally:
-            m.eval()
-        grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
-        m.zero_grad()
-    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 5
-    for n in grads[0]:
-        torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-4, rtol=1e-3, msg=n)
+    _check_training_grads(eager, ours)
 
 
 def test_dropout_in_training_matches_eager_with_the_same_seed():
