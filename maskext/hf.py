@@ -218,6 +218,17 @@ def _parse(fn, pattern: _Pattern, remapped: bool = False) -> None:
 _padding_cache: dict = {}
 
 
+def _key_window(attention_mask: Tensor, kv_length: int, kv_offset: int) -> Tensor:
+    """The 2-D mask's keys [kv_offset, kv_offset + kv_length) as (B, Tk) bool."""
+    pm = attention_mask
+    if pm.dtype != torch.bool:
+        pm = pm != 0
+    short = kv_offset + kv_length - pm.shape[-1]
+    if short > 0:  # HF pads a short mask (static cache) with "padding"
+        pm = F.pad(pm, (0, short), value=False)
+    return pm[:, kv_offset:kv_offset + kv_length]
+
+
 def _padding(attention_mask: Optional[Tensor], kv_length: int, kv_offset: int):
     """The real keys of each row as one run [start, end) of the window
     [kv_offset, kv_offset + kv_length) of the 2-D mask: (start, end, has_left,
@@ -228,13 +239,7 @@ def _padding(attention_mask: Optional[Tensor], kv_length: int, kv_offset: int):
     key = (kv_length, kv_offset, attention_mask._version)
     if _padding_cache.get("mask") is attention_mask and _padding_cache.get("key") == key:
         return _padding_cache["value"]
-    pm = attention_mask
-    if pm.dtype != torch.bool:
-        pm = pm != 0
-    short = kv_offset + kv_length - pm.shape[-1]
-    if short > 0:  # HF pads a short mask (static cache) with "padding"
-        pm = F.pad(pm, (0, short), value=False)
-    pm = pm[:, kv_offset:kv_offset + kv_length]
+    pm = _key_window(attention_mask, kv_length, kv_offset)
     Tk = pm.shape[-1]
     ar = torch.arange(Tk, device=pm.device)
     n = pm.sum(-1)
@@ -261,13 +266,7 @@ def _padding_no_sync(attention_mask: Optional[Tensor], kv_length: int, kv_offset
     the spec (the mask/bias kernels; the backward reads no mask)."""
     if attention_mask is None:
         return None
-    pm = attention_mask
-    if pm.dtype != torch.bool:
-        pm = pm != 0
-    short = kv_offset + kv_length - pm.shape[-1]
-    if short > 0:  # HF pads a short mask (static cache) with "padding"
-        pm = F.pad(pm, (0, short), value=False)
-    pm = pm[:, kv_offset:kv_offset + kv_length]
+    pm = _key_window(attention_mask, kv_length, kv_offset)
     Tk = pm.shape[-1]
     # 1 + the index of the last True, 0 for none: the largest of (j + 1) * keep[j]
     end = (pm * torch.arange(1, Tk + 1, device=pm.device)).amax(-1) if Tk > 0 else \
