@@ -337,13 +337,13 @@ def mask_function(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv
 
     keep = None
     ids = []
-    if not host_sync:
-        pad = _padding_no_sync(attention_mask, kv_length, kv_offset)
-        if pad is not None:
-            spec["lengths"], keep = pad[0], pad[1][:, None, None, :]
-        pad = None
-    else:
+    if host_sync:
         pad = _padding(attention_mask, kv_length, kv_offset)
+    else:  # the padding as a keep mask next to lengths, never read on the host
+        pad = None
+        end_keep = _padding_no_sync(attention_mask, kv_length, kv_offset)
+        if end_keep is not None:
+            spec["lengths"], keep = end_keep[0], end_keep[1][:, None, None, :]
     if isinstance(pad, Tensor):
         keep = pad[:, None, None, :]  # holes: (B, 1, 1, Tk), broadcast, read by strides
     elif pad is not None:
