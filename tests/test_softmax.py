@@ -444,7 +444,8 @@ def _tier(Tk, dtype, backward, general=False, rows=30):
     vec = 128 // torch.finfo(dtype).bits  # elements in 16 bytes
     need = Tk // vec if Tk % vec == 0 else (Tk + 2 * vec - 2) // vec
     if backward:  # launch_tier_d<T, LOG, true>: y and dy, half the forward's chunks
-        cluster = _cluster(need, rows, 8 if vec == 4 else 4, 4096 if vec == 4 else 1024)
+        max_p = 8 if vec == 4 else 4
+        cluster = _cluster(need, rows, max_p, 512 * max_p)  # block_max: kTierMaxChunks
     else:
         # kTierDWideP: 16 chunks per thread for fp16 / bf16
         cluster = None if general else _cluster(need, rows, 8, 4096, 16 if vec == 8 else 0)

@@ -484,6 +484,17 @@ constexpr int kTierForwardMinBlocks =
           : (kTierForwardMinWarps<P, GENERAL> * 32 / kTierBlock<G> > 0
                  ? kTierForwardMinWarps<P, GENERAL> * 32 / kTierBlock<G>
                  : 1);
+// The backward's 4-chunk tiers (4 chunks of y and of dy per thread: every
+// dtype's rows of 9-128 chunks, fp16 / bf16 rows up to 16K keys) fit 64
+// registers without spilling, at the same SASS length (kernel_report, sm_90,
+// 2026-11-27): 32 warps per SM, where the compiler unasked took 66-72 (28
+// warps; a 256-thread block per row then ran 3 per SM, and 2048 rows of 8K
+// fp16 keys took 5.2 waves of blocks, 0.82-0.87x torch.compile's time on the
+// H200). Tier D's CTAs (CLUSTER) spilled 8 bytes at 64: they keep
+// kTierMinBlocks.
+template <int G, int P, bool CLUSTER>
+constexpr int kTierBackwardMinBlocks =
+    P == 4 && !CLUSTER ? 32 * 32 / kTierBlock<G> : kTierMinBlocks<G, P>;
 
 // Row r of the (B, H, Tq) rows as (b, h, i) by 32-bit multiply-high divisions
 // (the tiers need rows < 2^31).
@@ -1083,8 +1094,8 @@ __global__ void __launch_bounds__(kTierBlock<G>, (CLUSTER ? kTierMinBlocks<G, (P
 // scale * (dy - exp(y) * sum(dy)) where y != finfo.min; 0 outside [lo, hi).
 // CLUSTER: tier D, as in the forward (the CTAs' sums meet in cluster_merge).
 template <typename T, int G, int P, bool LOG, bool CLUSTER = false>
-__global__ void __launch_bounds__(kTierBlock<G>, (kTierMinBlocks<G, P>)) softmax_tier_backward_kernel(
-    SoftmaxArgs a, RowDiv d) {
+__global__ void __launch_bounds__(kTierBlock<G>, (kTierBackwardMinBlocks<G, P, CLUSTER>))
+    softmax_tier_backward_kernel(SoftmaxArgs a, RowDiv d) {
   static_assert(!CLUSTER || G == kTierBlock<G>, "tier D: a block per CTA");
   constexpr int VEC = Vec16<T>::N;
   __shared__ float part[G > 32 ? G / 32 : 1];  // tier C: the sum
@@ -1564,13 +1575,10 @@ bool cluster_fits(Kernel kernel, int C) {
 template <typename T, bool LOG, bool BACKWARD>
 bool launch_tier_d(const SoftmaxArgs& a, int64_t chunks, cudaStream_t stream) {
   constexpr int kMaxP = kTierDMaxP<T, BACKWARD>;
-  // The backward of fp16 / bf16 (4 chunks of y and of dy per thread) takes
-  // tier D also for the rows that a 512-thread block would hold: that block
-  // (80 registers) runs one per SM, 16 warps, where two CTAs of 256 threads
-  // run three per SM (24 warps, 1.5x the bytes in flight). Elsewhere the
-  // 512-thread blocks and two 256-thread CTAs fill an SM alike.
-  constexpr int64_t kBlockMax =
-      BACKWARD ? (kMaxP == 4 ? 256 * kMaxP : kTierMaxChunks<kMaxP>) : kForwardTierMaxChunks;
+  // Rows that a block holds take the block tiers when they fill the GPU: the
+  // backward's 512-thread blocks of 4 chunks run two per SM at 64 registers
+  // (32 warps) where tier D's 256-thread CTAs run three (72 registers, 24).
+  constexpr int64_t kBlockMax = BACKWARD ? kTierMaxChunks<kMaxP> : kForwardTierMaxChunks;
   constexpr int kWideP = kTierDWideP<T, BACKWARD>;
   const ClusterPlan plan =
       cluster_plan(a.rows(), chunks, cuda::sm_count(), kMaxP, kBlockMax, kWideP);
