@@ -92,6 +92,11 @@ def main():
         for k_len in (17, 64):
             maskext.attention_mask(L, q_len=13, k_len=k_len, q_lengths=L, causal=True,
                                    window=(3, None), dtype=dtype)
+    # More rows than resident warps: several rows per warp (k_len 16: rows of
+    # one chunk spread over the lanes; 512: row after row), and past 32 rows
+    # per warp the grid-stride loop.
+    for q_len, k_len in ((3001, 16), (3001, 512), (70001, 16)):
+        maskext.attention_mask(L, q_len=q_len, k_len=k_len, q_lengths=L, causal=True)
     # Feature sizes 5 (element-wise gate and copies) and 16 (16-byte chunks),
     # in fp32 and fp16, and a misaligned fp16 x; for the pooling also 1 (256
     # slices of the steps) and 40 (two tiles of 32 columns, the last partial).

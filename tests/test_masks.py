@@ -255,3 +255,24 @@ def test_masks_rows_aligned_or_not(device, cols, dtype):
             got = maskext.attention_mask(L, q_len=7, k_len=cols, dtype=dtype, **kw)
             want = R.attention_mask(L, q_len=7, k_len=cols, dtype=dtype, **kw)
             torch.testing.assert_close(got, want)
+
+
+# More rows than the GPU's resident warps: the CUDA rows kernel writes R rows
+# per warp (rows_per_warp in csrc/cuda/masks.cu: rows / resident warps, at
+# most 32, then a grid-stride loop), rows of fewer 16-byte chunks than lanes
+# spread over the warp's rows, longer ones row after row. The kernel's
+# registers allow 42-64 resident warps per SM: at least per_warp rows per warp.
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("per_warp,cols,dtype", [
+    (2, 16, torch.bool), (2, 512, torch.bool), (5, 80, torch.bool), (5, 264, torch.float16),
+    (32, 16, torch.bool), (64, 24, torch.float16)])
+def test_cuda_mask_rows_per_warp(per_warp, cols, dtype):
+    warps = torch.cuda.get_device_properties(0).multi_processor_count * 64
+    Tq = 97
+    B = -(-((per_warp - 1) * warps + 1) // Tq)
+    L = rand_lengths(B, cols, device="cuda")
+    QL = rand_lengths(B, Tq, device="cuda")
+    for kw in (dict(causal=True), dict(window=(5, 2), q_lengths=QL), dict()):
+        got = maskext.attention_mask(L, q_len=Tq, k_len=cols, dtype=dtype, **kw)
+        want = R.attention_mask(L, q_len=Tq, k_len=cols, dtype=dtype, **kw)
+        torch.testing.assert_close(got, want)

@@ -30,27 +30,73 @@ __device__ __forceinline__ uint4 mask_chunk(int64_t p, int64_t lo, int64_t hi, T
   return u;
 }
 
-// Rows that start 16-byte aligned (cols % VEC == 0): a warp per row, whose
-// bounds are found once, its lanes writing the row's chunks with 128-bit
-// stores. (Finding the row per chunk, from a flat index, took three 64-bit
-// divisions and row_bounds per 16 bytes: 2.4-3.7x the time of fill_ on an
-// H200.)
+// Rows that start 16-byte aligned (cols % VEC == 0): a warp writes R
+// consecutive rows (R <= 32, rows_per_warp below), whose bounds its lanes find
+// at once, lane j those of row j; then the lanes write the rows' chunks with
+// 128-bit stores, row after row (rows of 32 chunks or more) or spread over
+// the R rows (shorter rows, which would leave lanes idle). Finding the row per
+// chunk, from a flat index, took three 64-bit divisions and row_bounds per 16
+// bytes (2.4-3.7x the time of fill_ on an H200); a warp per row then took the
+// same 12.5 us for 16K rows of 1 KB (bool) as of 2 KB (fp16), 1.41x fill_ for
+// bool: each warp waited for its one row's bounds, in two rounds of warps.
 template <typename T>
-__global__ void interval_mask_rows_kernel(IntervalMaskArgs a, T keep, T masked) {
+__global__ void interval_mask_rows_kernel(IntervalMaskArgs a, int R, T keep, T masked) {
   constexpr int VEC = Vec16<T>::N;
   T* out = static_cast<T*>(a.out);
   const uint4 keep16 = cuda::splat16(keep), masked16 = cuda::splat16(masked);
+  const int64_t cpr = a.cols / VEC;  // chunks per row
   const int lane = threadIdx.x % 32;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
-  for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
-       r < a.rows; r += warps) {
-    int64_t lo, hi;
-    row_bounds(a.spec, r / a.spec.q_len, r % a.spec.q_len, lo, hi);
-    T* o = out + r * a.cols;
-    for (int64_t p = static_cast<int64_t>(lane) * VEC; p < a.cols; p += 32 * VEC) {
-      cuda::st_global_128(o + p, mask_chunk<T>(p, lo, hi, keep, masked, keep16, masked16));
+  for (int64_t r0 = (blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32) * R;
+       r0 < a.rows; r0 += warps * R) {  // r0 is the same in every lane: the shuffles see all 32
+    int64_t lo = 0, hi = 0;
+    if (lane < R && r0 + lane < a.rows) {
+      row_bounds(a.spec, (r0 + lane) / a.spec.q_len, (r0 + lane) % a.spec.q_len, lo, hi);
+    }
+    const int n = static_cast<int>(a.rows - r0 < R ? a.rows - r0 : R);
+    if (cpr >= 32) {
+      for (int j = 0; j < n; ++j) {
+        const int64_t rlo = __shfl_sync(0xffffffffu, lo, j), rhi = __shfl_sync(0xffffffffu, hi, j);
+        T* o = out + (r0 + j) * a.cols;
+        for (int64_t p = static_cast<int64_t>(lane) * VEC; p < a.cols; p += 32 * VEC) {
+          cuda::st_global_128(o + p, mask_chunk<T>(p, rlo, rhi, keep, masked, keep16, masked16));
+        }
+      }
+    } else {  // rows of fewer chunks than lanes: the lanes spread over the n rows' chunks
+      const int c = static_cast<int>(cpr), total = n * c;
+      for (int q0 = 0; q0 < total; q0 += 32) {  // the same trips in every lane
+        const int q = q0 + lane, j = (q < total ? q : total - 1) / c;
+        const int64_t rlo = __shfl_sync(0xffffffffu, lo, j), rhi = __shfl_sync(0xffffffffu, hi, j);
+        const int64_t p = static_cast<int64_t>(q - j * c) * VEC;
+        if (q < total) {
+          cuda::st_global_128(out + (r0 + j) * a.cols + p,
+                              mask_chunk<T>(p, rlo, rhi, keep, masked, keep16, masked16));
+        }
+      }
     }
   }
+}
+
+// interval_mask_rows_kernel<T>'s blocks of kRowsBlock threads that fit on an
+// SM (its registers allow 42-51 warps of the 64, kernel_report.py).
+constexpr int kRowsBlock = 256;
+template <typename T>
+int rows_blocks_per_sm() {
+  static const int n = [] {
+    int blocks = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &blocks, interval_mask_rows_kernel<T>, kRowsBlock, 0));
+    return blocks > 0 ? blocks : 1;
+  }();
+  return n;
+}
+
+// Rows per warp of interval_mask_rows_kernel: 1 while the rows leave a warp
+// of the GPU's resident ones idle, then enough that every warp runs once, at
+// most 32 (a lane per row's bounds). The tests mirror it (test_masks.py).
+inline int rows_per_warp(int64_t rows, int64_t resident_warps) {
+  const int64_t R = (rows + resident_warps - 1) / resident_warps;
+  return static_cast<int>(R < 1 ? 1 : (R > 32 ? 32 : R));
 }
 
 // Any cols: each thread writes 16-byte chunks of the flat (rows, cols) output,
@@ -103,8 +149,11 @@ void write_interval_mask_cuda(const IntervalMaskArgs& a, const at::Tensor& out) 
     constexpr int VEC = Vec16<scalar_t>::N;
     const scalar_t keep = static_cast<scalar_t>(a.keep), masked = static_cast<scalar_t>(a.masked);
     if (a.cols % VEC == 0 && reinterpret_cast<uintptr_t>(a.out) % 16 == 0) {
+      const int per_sm = rows_blocks_per_sm<scalar_t>();
+      const int R = rows_per_warp(a.rows, int64_t(cuda::sm_count()) * per_sm * (kRowsBlock / 32));
       interval_mask_rows_kernel<scalar_t>
-          <<<cuda::grid_for(a.rows, threads / 32), threads, 0, stream>>>(a, keep, masked);
+          <<<cuda::grid_for((a.rows + R - 1) / R, kRowsBlock / 32, per_sm), kRowsBlock, 0,
+             stream>>>(a, R, keep, masked);
     } else {
       const int64_t chunks = (a.rows * a.cols + VEC - 1) / VEC;
       interval_mask_kernel<scalar_t><<<cuda::grid_for(chunks, threads), threads, 0, stream>>>(
