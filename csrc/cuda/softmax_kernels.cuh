@@ -763,22 +763,29 @@ __device__ __forceinline__ uint32_t nonzero_bytes(uint64_t w) {
 }
 
 // The mask's flags for the P chunks of a lane, one bit each: bit k * VEC + e
-// for key e of chunk k (set: visible), 0 outside [lo, hi). One VEC-byte load
-// per chunk inside [lo, hi) when the mask row (contiguous keys) is aligned
-// like the output row (vec), byte by byte otherwise. As bits the flags take
-// one or two registers (as bytes, P or 2P; as bools, P * VEC, which spilled).
+// for key e of chunk k (set: visible), 0 outside [lo, hi), in two steps so
+// that the mask's loads are in flight with x's (load_scores): load_keep issues
+// one VEC-byte load per chunk inside [lo, hi) when the mask row (contiguous
+// keys) is aligned like the output row (vec); keep_bits reads the rest byte by
+// byte and makes the bits. As bits the flags take one or two registers (as
+// bytes, P or 2P; as bools, P * VEC, which spilled).
 template <typename T, int G, int P>
-__device__ __forceinline__ uint64_t load_keep(const bool* __restrict__ src, int lo, int hi,
-                                              bool vec, int lane, int a0) {
+__device__ __forceinline__ void load_keep(const bool* __restrict__ src, int lo, int hi, bool vec,
+                                          int lane, int a0, uint64_t (&w)[P]) {
   constexpr int VEC = Vec16<T>::N;
   static_assert((VEC == 4 || VEC == 8) && P * VEC <= 64, "load_keep: 4 or 8 flags per chunk");
   using Word = std::conditional_t<VEC == 8, unsigned long long, uint32_t>;
-  uint64_t w[P];
 #pragma unroll
-  for (int k = 0; k < P; ++k) {  // the vector loads first, all in flight
+  for (int k = 0; k < P; ++k) {
     const int p = (lane + G * k) * VEC - a0;
     w[k] = vec && lo <= p && p + VEC <= hi ? __ldg(reinterpret_cast<const Word*>(src + p)) : 0;
   }
+}
+
+template <typename T, int G, int P>
+__device__ __forceinline__ uint64_t keep_bits(const bool* __restrict__ src, int lo, int hi,
+                                              bool vec, int lane, int a0, uint64_t (&w)[P]) {
+  constexpr int VEC = Vec16<T>::N;
   uint64_t keep = 0;
 #pragma unroll
   for (int k = 0; k < P; ++k) {
@@ -863,8 +870,7 @@ __global__ void __launch_bounds__(kTierBlock<G>, (CLUSTER ? kTierMinBlocks<G, (P
   // leave together, past active_slots (in which every lane of a warp takes
   // part) where it applies.
   constexpr bool kSlots = !GENERAL && !CLUSTER && P <= 8;
-  const bool has_row = r < a.rows();
-  if (!has_row && !kSlots) return;
+  const bool has_row = r < a.rows();  // tier D's grid is rows x C: always
   // The thread's first chunk in the row (its chunks are lane + G * k).
   const int lane = CLUSTER ? cluster_rank() * G * P + threadIdx.x : threadIdx.x % G;
   const unsigned mask = group_mask<G>();
@@ -913,6 +919,18 @@ __global__ void __launch_bounds__(kTierBlock<G>, (CLUSTER ? kTierMinBlocks<G, (P
       const float scale2 = static_cast<float>(a.scale * kLog2e);
       RawRow<T, P> raw;
       load_row<T, G, P, N>(xr, lo, hi, vec, lane, a0, raw);
+      // The mask's loads now, in flight with x's: one round trip to memory
+      // rather than two in a row.
+      const bool* mr = nullptr;
+      bool mvec = false;
+      uint64_t mw[GENERAL ? P : 1];
+      if constexpr (GENERAL) {
+        if (a.mask != nullptr) {
+          mr = a.mask + pos.b * a.ms[0] + pos.h * a.ms[1] + pos.i * a.ms[2];
+          mvec = reinterpret_cast<uintptr_t>(mr) % VEC == a0;
+          load_keep<T, G, P>(mr, lo, hi, mvec, lane, a0, mw);
+        }
+      }
 #pragma unroll
       for (int k = 0; k < P; ++k) {
         if (out[k]) continue;
@@ -961,9 +979,7 @@ __global__ void __launch_bounds__(kTierBlock<G>, (CLUSTER ? kTierMinBlocks<G, (P
           }
         }
         if (a.mask != nullptr) {
-          const bool* mr = a.mask + pos.b * a.ms[0] + pos.h * a.ms[1] + pos.i * a.ms[2];
-          const uint64_t keep =
-              load_keep<T, G, P>(mr, lo, hi, reinterpret_cast<uintptr_t>(mr) % VEC == a0, lane, a0);
+          const uint64_t keep = keep_bits<T, G, P>(mr, lo, hi, mvec, lane, a0, mw);
 #pragma unroll
           for (int k = 0; k < P; ++k) {
             if (out[k]) continue;
@@ -1103,7 +1119,6 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kTierBackwardMinBlocks<G, P, C
   const uint32_t r = CLUSTER ? blockIdx.x / cluster_blocks()
                              : blockIdx.x * (kTierBlock<G> / G) + threadIdx.x / G;
   const bool has_row = r < a.rows();  // as in the forward
-  if (!has_row && CLUSTER) return;
   const int lane = CLUSTER ? cluster_rank() * G * P + threadIdx.x : threadIdx.x % G;
   const unsigned mask = group_mask<G>();
   const TierRow pos = tier_row(r, d);
