@@ -919,12 +919,18 @@ __global__ void __launch_bounds__(kTierBlock<G>, (CLUSTER ? kTierMinBlocks<G, (P
       const float scale2 = static_cast<float>(a.scale * kLog2e);
       RawRow<T, P> raw;
       load_row<T, G, P, N>(xr, lo, hi, vec, lane, a0, raw);
-      // The mask's loads now, in flight with x's: one round trip to memory
-      // rather than two in a row.
+      // The bias's and the mask's loads now, in flight with x's: one round trip
+      // to memory rather than three in a row (they came after x's unpack).
       const bool* mr = nullptr;
       bool mvec = false;
       uint64_t mw[GENERAL ? P : 1];
+      RawRow<T, GENERAL ? P : 1> braw;
       if constexpr (GENERAL) {
+        if (a.bias != nullptr) {
+          const T* br = static_cast<const T*>(a.bias) + pos.b * a.bs[0] + pos.h * a.bs[1] +
+                        pos.i * a.bs[2];
+          load_row<T, G, P>(br, lo, hi, same_alignment(br, o), lane, a0, braw);
+        }
         if (a.mask != nullptr) {
           mr = a.mask + pos.b * a.ms[0] + pos.h * a.ms[1] + pos.i * a.ms[2];
           mvec = reinterpret_cast<uintptr_t>(mr) % VEC == a0;
@@ -963,15 +969,11 @@ __global__ void __launch_bounds__(kTierBlock<G>, (CLUSTER ? kTierMinBlocks<G, (P
       if constexpr (GENERAL) {
         // Outside [lo, hi) the bias reads as 0 and the flags as false: -inf stays.
         if (a.bias != nullptr) {  // z + bias, -inf where bias <= finfo.min
-          const T* br = static_cast<const T*>(a.bias) + pos.b * a.bs[0] + pos.h * a.bs[1] +
-                        pos.i * a.bs[2];
-          RawRow<T, P> raw;
-          load_row<T, G, P>(br, lo, hi, same_alignment(br, o), lane, a0, raw);
 #pragma unroll
           for (int k = 0; k < P; ++k) {
             if (out[k]) continue;
             float bv[VEC];
-            unpack_chunk(raw, k, bv);
+            unpack_chunk(braw, k, bv);
 #pragma unroll
             for (int e = 0; e < VEC; ++e) {
               v[k][e] = add_bias(v[k][e], bv[e], bias_min, static_cast<float>(kLog2e));
