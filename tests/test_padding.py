@@ -38,6 +38,30 @@ def test_fill_padding_dtypes(device, dtype):
     torch.testing.assert_close(maskext.fill_padding(x, L, value), R.fill_padding(x, L, value))
 
 
+# Steps of a multiple of 16 bytes: on CUDA a thread per 16-byte chunk of the
+# flat tensor (fill_padding_flat_kernel), 4 chunks per thread, the chunk's step
+# and batch element by 32-bit divisions; several dims between the batch and
+# the steps, tensors of more chunks than one block's tile, and x not 16-byte
+# aligned (the per-step kernel).
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.int64, torch.bool])
+@pytest.mark.parametrize("shape,dim", [((3, 5, 2), 1), ((4, 3, 37, 1), 2), ((6, 513, 2), 1),
+                                       ((2, 3, 700, 3), 2)])
+@pytest.mark.parametrize("left_pad", [False, True])
+def test_fill_padding_vector_steps(device, dtype, shape, dim, left_pad):
+    per16 = 16 // torch.empty((), dtype=dtype).element_size()
+    shape = shape[:-1] + (shape[-1] * per16,)  # I: a multiple of 16 bytes
+    x = (torch.randn(shape, device=device) * 10).to(dtype)
+    L = rand_lengths(shape[0], shape[dim], device)
+    value = True if dtype == torch.bool else 3
+    want = R.fill_padding(x, L, value, dim=dim, left_pad=left_pad)
+    torch.testing.assert_close(maskext.fill_padding(x, L, value, dim=dim, left_pad=left_pad), want)
+    y = x.clone()
+    maskext.fill_padding_(y, L, value, dim=dim, left_pad=left_pad)
+    torch.testing.assert_close(y, want)
+    xm = torch.cat([x.flatten()[:1], x.flatten()])[1:].view(shape)  # one element past 16 bytes
+    torch.testing.assert_close(maskext.fill_padding(xm, L, value, dim=dim, left_pad=left_pad), want)
+
+
 def test_fill_padding_non_contiguous_in_place(device):
     base = torch.randn(6, 4, 10, device=device)
     x = base.transpose(1, 2)  # (6, 10, 4), not contiguous

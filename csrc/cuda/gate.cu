@@ -12,6 +12,7 @@
 #include <initializer_list>
 
 #include "maskext/checks.h"
+#include "maskext/cuda_steps.cuh"
 #include "maskext/cuda_utils.cuh"
 
 namespace maskext {
@@ -20,40 +21,6 @@ namespace {
 template <typename acc_t>
 __device__ __forceinline__ acc_t sigmoid(acc_t z) {
   return acc_t(1) / (acc_t(1) + exp(-z));
-}
-
-// Whether chunk c (flat over the B * T * per_step chunks, per_step to a step)
-// lies in a real step: r = c / per_step, b = r / T, t = r % T in [lo, hi).
-// The divisions are 32-bit multiply-highs (cuda::FastDiv) where every chunk
-// index fits in 31 bits (`fast`), 64-bit otherwise: two 64-bit divisions per
-// chunk were ~200 instructions, more than the chunk's 8 sigmoids (the gate ran
-// at 1.7x its copy floor on the H200, 2026-11-27).
-struct StepOf {
-  cuda::FastDiv per_step, T;  // valid when fast
-  bool fast;
-};
-
-inline StepOf step_of(const PaddedArgs& a, int64_t per_step, int64_t chunks) {
-  const bool fast = chunks < (int64_t(1) << 31);
-  return {cuda::FastDiv(fast ? static_cast<uint32_t>(per_step) : 1u),
-          cuda::FastDiv(fast ? static_cast<uint32_t>(a.T) : 1u), fast};
-}
-
-__device__ __forceinline__ bool real_step(const PaddedArgs& a, const StepOf& d, int64_t per_step,
-                                          int64_t c) {
-  int64_t b, t;
-  if (d.fast) {  // the same for every thread of the launch
-    const uint32_t r = d.per_step.div(static_cast<uint32_t>(c)), b32 = d.T.div(r);
-    b = b32;
-    t = r - b32 * d.T.d;
-  } else {
-    const int64_t r = c / per_step;
-    b = r / a.T;
-    t = r - b * a.T;
-  }
-  int64_t lo, hi;
-  row_bounds(a.spec, b, 0, lo, hi);
-  return t >= lo && t < hi;
 }
 
 template <typename T>

@@ -10,14 +10,16 @@
 #include <limits>
 
 #include "maskext/checks.h"
+#include "maskext/cuda_steps.cuh"
 #include "maskext/cuda_utils.cuh"
 
 namespace maskext {
 namespace {
 
-// One block per (b, m, t) step of I elements; in_place: only padding is written.
-// Real steps are copied with 16-byte loads and stores where x and out are
-// equally aligned (same_align), padding written with 16-byte stores.
+// Any steps (fill_padding_flat_kernel below takes those of a multiple of 16
+// bytes): one block per (b, m, t) step of I elements; in_place: only padding
+// is written. Real steps are copied with 16-byte loads and stores where x and
+// out are equally aligned (same_align), padding written with 16-byte stores.
 template <typename T>
 __global__ void fill_padding_kernel(PaddedArgs a, T value, bool in_place, bool same_align) {
   const T* x = static_cast<const T*>(a.x);
@@ -42,6 +44,45 @@ __global__ void fill_padding_kernel(PaddedArgs a, T value, bool in_place, bool s
   }
 }
 
+// Steps of a multiple of 16 bytes (I % VEC == 0), x and out 16-byte aligned:
+// a thread per 16-byte chunk of the flat (B, M, T, I) tensor (every chunk
+// inside one step: real_step), kFlatUnroll chunks per thread with their loads
+// issued before any store. (A block per step, with two 64-bit divisions and
+// the step's bounds before its one 16-byte load per thread, ran at 1.27x the
+// copy on the H200, 2026-11-27, where torch.compile's kernel ran at 1.00x.)
+// Four blocks per SM (up to 64 registers: 60-62 used): 32 warps, each thread
+// with 4 x 16 bytes in flight.
+constexpr int kFlatThreads = 256, kFlatUnroll = 4, kFlatBlocksPerSM = 4;
+
+template <typename T>
+__global__ void __launch_bounds__(kFlatThreads, kFlatBlocksPerSM)
+    fill_padding_flat_kernel(PaddedArgs a, T value, bool in_place, StepOf d) {
+  constexpr int VEC = cuda::Vec16<T>::N;
+  const T* x = static_cast<const T*>(a.x);
+  T* out = static_cast<T*>(a.out);
+  const uint4 fill = cuda::splat16(value);
+  const int64_t per_step = a.I / VEC, chunks = a.B * a.M * a.T * per_step;
+  // A block's tile: kFlatUnroll x kFlatThreads consecutive chunks.
+  for (int64_t c0 = blockIdx.x * int64_t(kFlatThreads * kFlatUnroll) + threadIdx.x; c0 < chunks;
+       c0 += int64_t(gridDim.x) * kFlatThreads * kFlatUnroll) {
+    uint4 v[kFlatUnroll];
+    bool real[kFlatUnroll];
+#pragma unroll
+    for (int j = 0; j < kFlatUnroll; ++j) {
+      const int64_t c = c0 + j * kFlatThreads;
+      real[j] = c < chunks && real_step(a, d, per_step, c);
+      if (real[j] && !in_place) v[j] = __ldg(reinterpret_cast<const uint4*>(x + c * VEC));
+    }
+#pragma unroll
+    for (int j = 0; j < kFlatUnroll; ++j) {
+      const int64_t c = c0 + j * kFlatThreads;
+      if (c < chunks && !(real[j] && in_place)) {
+        cuda::st_global_128(out + c * VEC, real[j] ? v[j] : fill);
+      }
+    }
+  }
+}
+
 void launch_fill_padding(const PaddedArgs& a, const at::Scalar& value, at::ScalarType dtype,
                          bool in_place, const at::Device& device) {
   const int64_t steps = a.B * a.M * a.T;
@@ -51,6 +92,16 @@ void launch_fill_padding(const PaddedArgs& a, const at::Scalar& value, at::Scala
   const bool same_align =
       (reinterpret_cast<uintptr_t>(a.x) - reinterpret_cast<uintptr_t>(a.out)) % 16 == 0;
   AT_DISPATCH_ALL_TYPES_AND3(at::kBool, at::kHalf, at::kBFloat16, dtype, "fill_padding", [&] {
+    constexpr int VEC = cuda::Vec16<scalar_t>::N;
+    if (a.I % VEC == 0 && reinterpret_cast<uintptr_t>(a.out) % 16 == 0 &&
+        (in_place || reinterpret_cast<uintptr_t>(a.x) % 16 == 0)) {
+      const int64_t chunks = steps * (a.I / VEC);
+      fill_padding_flat_kernel<scalar_t>
+          <<<cuda::grid_for(chunks, kFlatThreads * kFlatUnroll, kFlatBlocksPerSM), kFlatThreads, 0,
+             stream>>>(a, value.to<scalar_t>(), in_place, step_of(a, a.I / VEC, chunks));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
     // A thread per 16-byte chunk of a step, 64 to 256 threads.
     const int64_t chunks = (a.I + cuda::Vec16<scalar_t>::N - 1) / cuda::Vec16<scalar_t>::N;
     const int threads = chunks > 128 ? 256 : (chunks > 64 ? 128 : 64);
