@@ -99,10 +99,12 @@ def main():
         maskext.attention_mask(L, q_len=q_len, k_len=k_len, q_lengths=L, causal=True)
     # Feature sizes 5 (element-wise gate and copies) and 16 (16-byte chunks),
     # in fp32 and fp16, and a misaligned fp16 x; for the pooling also 1 (256
-    # slices of the steps) and 40 (two tiles of 32 columns, the last partial).
+    # slices of the steps), 40 (10 threads of 4 columns) and 264 (three tiles
+    # of 32 threads of 4 columns, the last partial).
     for T, F, dtype in ((0, 5, torch.float32), (1, 5, torch.float32), (33, 5, torch.float32),
                         (64, 16, torch.float32), (33, 16, torch.float16), (33, -16, torch.float16),
-                        (700, 1, torch.float32), (33, 40, torch.float32)):
+                        (700, 1, torch.float32), (33, 40, torch.float32),
+                        (33, 264, torch.float32)):
         m = maskext.lengths_to_mask(L, T, left_pad=True)
         maskext.mask_to_lengths(m)
         maskext.lengths_from_padded(torch.randn(4, T, 3, device=dev), 0.0)

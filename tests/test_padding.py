@@ -96,20 +96,27 @@ def test_pooling(device, name, shape, dim, keepdim):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_pooling_low_precision(device, dtype):
-    x = torch.randn(4, 300, 8, device=device).to(dtype)
+@pytest.mark.parametrize("feat", [8, 24, 520])
+def test_pooling_low_precision(device, dtype, feat):
+    # feat: 1, 3 and 65 chunks of 16 bytes (on CUDA, 8 columns per thread);
+    # then x one element past a 16-byte boundary (a column per thread).
+    x = torch.randn(4, 300, feat, device=device).to(dtype)
     L = rand_lengths(4, 300, device)
+    xm = torch.cat([x.flatten()[:1], x.flatten()])[1:].view(x.shape)
     for name in ("sum", "mean", "max"):
-        got = getattr(maskext, f"masked_{name}")(x, L)
         want = getattr(R, f"masked_{name}")(x.double(), L).to(dtype)
-        torch.testing.assert_close(got, want, atol=0.05, rtol=0.02)
+        for xx in (x, xm):
+            got = getattr(maskext, f"masked_{name}")(xx, L)
+            torch.testing.assert_close(got, want, atol=0.05, rtol=0.02)
 
 
-@pytest.mark.parametrize("feat", [1, 2, 5, 32, 70])
+@pytest.mark.parametrize("feat", [1, 2, 5, 8, 32, 70, 264])
 def test_pooling_long_steps_every_width(device, feat):
     # The CUDA kernel splits the steps over up to 256 slices and the features
-    # over tiles of up to 32 columns (a partial last tile at 5 and 70): every
-    # slice count, tile edge, empty and full row, and a NaN that max must keep.
+    # over tiles of up to 32 threads across (of 4 fp32 columns each where the
+    # features are a multiple of 4: 8, 32, 264; a partial last tile at 5, 70
+    # and 264): every slice count, tile edge, empty and full row, and a NaN
+    # that max must keep.
     B, T = 5, 700
     x = torch.randn(B, 2, T, feat, device=device)
     L = torch.tensor([0, T, 1, 333, 699], device=device)

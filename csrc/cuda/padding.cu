@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <limits>
+#include <type_traits>
 
 #include "maskext/checks.h"
 #include "maskext/cuda_steps.cuh"
@@ -128,18 +129,19 @@ void fill_padding_inplace_cuda(at::Tensor& x, const at::Tensor& lengths,
   if (!p.x4.is_same(x)) x.copy_(p.x4);  // x was not contiguous: write back
 }
 
-// Pooling: a block of kPoolThreads per tile of C columns i of one (b, m),
-// C = the least power of two >= I, at most 32; its 256 / C slices stride
-// over the real steps [lo, hi), so consecutive threads read consecutive
-// elements (I = 1: a whole block along one row; I >= 32: a warp along 32
-// columns of one step), and then reduce the slices in shared memory. (One
-// thread per output looping over T gave B * I = 4096 outputs 16 blocks on
-// 132 SMs.) Each thread keeps kPoolUnroll loads in flight, one per
-// accumulator: with the loop as one load per step (2 LDG in the SASS) this
-// kernel ran at 4.4x `x.sum(1)` on the H200 (2026-11-27), where the thread
-// per output, unrolled by the compiler (62 LDG), had run at 1.2x.
+// Pooling: a block of kPoolThreads per tile of C x VEC columns i of one
+// (b, m), C threads across them (the least power of two that covers I, at
+// most 32), each holding VEC consecutive columns; its 256 / C slices stride
+// over the real steps [lo, hi), so that consecutive threads read consecutive
+// elements (I = 1: a whole block along one row; wide rows: a warp along 32 x
+// VEC columns of one step), and then reduce the slices in shared memory. VEC:
+// 16 bytes of columns where I is a multiple of 16 bytes and x is 16-byte
+// aligned, else 1. Each thread keeps U loads in flight. (One thread per
+// output looping over T gave B * I = 4096 outputs 16 blocks on 132 SMs; one
+// load per step, 2 LDG in the SASS, ran at 4.4x `x.sum(1)` on the H200, and
+// 8 scalar loads in flight at 1.4-1.5x, 0.6x torch.compile's time
+// (2026-11-27): 2-byte loads, 16 bytes in flight per fp16 thread.)
 constexpr int kPoolThreads = 256;
-constexpr int kPoolUnroll = 8;
 
 template <typename acc_t>
 __device__ __forceinline__ acc_t pool_op(PoolMode mode, acc_t acc, acc_t v) {
@@ -147,56 +149,96 @@ __device__ __forceinline__ acc_t pool_op(PoolMode mode, acc_t acc, acc_t v) {
   return acc + v;
 }
 
-template <typename T>
+// VEC elements of x at p (16-byte aligned when VEC > 1) as loaded, and as acc_t.
+template <typename T, int VEC>
+using PoolRaw = std::conditional_t<VEC == 1, T, uint4>;
+
+template <typename T, int VEC>
+__device__ __forceinline__ PoolRaw<T, VEC> load_cols(const T* p) {
+  if constexpr (VEC == 1) {
+    return *p;
+  } else {
+    return __ldg(reinterpret_cast<const uint4*>(p));
+  }
+}
+
+template <typename T, int VEC, typename acc_t>
+__device__ __forceinline__ void unpack_cols(PoolRaw<T, VEC> raw, acc_t (&v)[VEC]) {
+  if constexpr (VEC == 1) {
+    v[0] = static_cast<acc_t>(raw);
+  } else {
+    cuda::unpack16<T>(raw, v);
+  }
+}
+
+template <typename T, int VEC>
 __global__ void __launch_bounds__(kPoolThreads) masked_pool_kernel(PaddedArgs a, PoolMode mode,
                                                                    int C, T* values) {
   using acc_t = at::opmath_type<T>;
-  __shared__ acc_t part[kPoolThreads];
+  // Loads in flight per thread: 8 scalar ones, 4 of 16 bytes.
+  constexpr int U = VEC == 1 ? 8 : 4;
+  __shared__ acc_t part[kPoolThreads * VEC];
   const T* x = static_cast<const T*>(a.x);
   const int S = kPoolThreads / C;  // slices of the steps
   const int c = threadIdx.x % C, s = threadIdx.x / C;
   const acc_t init = mode == PoolMode::Max ? -std::numeric_limits<acc_t>::infinity() : acc_t(0);
-  const int64_t tiles_per_row = (a.I + C - 1) / C, tiles = a.B * a.M * tiles_per_row;
+  const int64_t cols = int64_t(C) * VEC;  // of a tile
+  const int64_t tiles_per_row = (a.I + cols - 1) / cols, tiles = a.B * a.M * tiles_per_row;
   for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {  // uniform across the block
-    const int64_t k = tile / tiles_per_row, i = (tile % tiles_per_row) * C + c;
+    const int64_t k = tile / tiles_per_row, i = (tile % tiles_per_row) * cols + c * VEC;
     int64_t lo, hi;
     row_bounds(a.spec, k / a.M, 0, lo, hi);
-    acc_t acc = init;
-    if (i < a.I && hi - lo > s) {
+    acc_t acc[VEC];
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) acc[e] = init;
+    if (i < a.I && hi - lo > s) {  // i < I: all VEC columns (VEC divides I)
       // Steps lo + s, lo + s + S, ...: n of them, `stride` elements apart.
       const int64_t stride = static_cast<int64_t>(S) * a.I;
       const T* p = x + k * a.T * a.I + (lo + s) * a.I + i;
       int64_t n = (hi - lo - s + S - 1) / S;
-      acc_t accs[kPoolUnroll];
+      for (; n >= U; n -= U, p += U * stride) {
+        PoolRaw<T, VEC> raw[U];
 #pragma unroll
-      for (int u = 0; u < kPoolUnroll; ++u) accs[u] = init;
-      for (; n >= kPoolUnroll; n -= kPoolUnroll, p += kPoolUnroll * stride) {
-        T v[kPoolUnroll];
+        for (int u = 0; u < U; ++u) raw[u] = load_cols<T, VEC>(p + u * stride);  // all loads first
 #pragma unroll
-        for (int u = 0; u < kPoolUnroll; ++u) v[u] = p[u * stride];  // all loads first
+        for (int u = 0; u < U; ++u) {
+          acc_t v[VEC];
+          unpack_cols<T, VEC>(raw[u], v);
 #pragma unroll
-        for (int u = 0; u < kPoolUnroll; ++u) {
-          accs[u] = pool_op(mode, accs[u], static_cast<acc_t>(v[u]));
+          for (int e = 0; e < VEC; ++e) acc[e] = pool_op(mode, acc[e], v[e]);
         }
       }
 #pragma unroll
-      for (int u = 0; u < kPoolUnroll; ++u) {
-        if (u < n) accs[u] = pool_op(mode, accs[u], static_cast<acc_t>(p[u * stride]));
-      }
+      for (int u = 0; u < U; ++u) {
+        if (u < n) {
+          acc_t v[VEC];
+          unpack_cols<T, VEC>(load_cols<T, VEC>(p + u * stride), v);
 #pragma unroll
-      for (int u = 0; u < kPoolUnroll; ++u) acc = pool_op(mode, acc, accs[u]);  // keeps a NaN
+          for (int e = 0; e < VEC; ++e) acc[e] = pool_op(mode, acc[e], v[e]);  // keeps a NaN
+        }
+      }
     }
-    part[threadIdx.x] = acc;
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) part[threadIdx.x * VEC + e] = acc[e];
     __syncthreads();
-    for (int half = S / 2; half > 0; half /= 2) {  // slices s and s + half, column c
-      if (s < half) part[threadIdx.x] = pool_op(mode, part[threadIdx.x], part[threadIdx.x + half * C]);
+    for (int half = S / 2; half > 0; half /= 2) {  // slices s and s + half, columns of c
+      if (s < half) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+          part[threadIdx.x * VEC + e] =
+              pool_op(mode, part[threadIdx.x * VEC + e], part[(threadIdx.x + half * C) * VEC + e]);
+        }
+      }
       __syncthreads();
     }
     if (s == 0 && i < a.I) {
-      acc_t r = part[c];
-      if (hi <= lo) r = acc_t(0);  // empty: 0, never -inf or NaN
-      else if (mode == PoolMode::Mean) r /= static_cast<acc_t>(hi - lo);
-      values[k * a.I + i] = static_cast<T>(r);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        acc_t r = part[c * VEC + e];
+        if (hi <= lo) r = acc_t(0);  // empty: 0, never -inf or NaN
+        else if (mode == PoolMode::Mean) r /= static_cast<acc_t>(hi - lo);
+        values[k * a.I + i + e] = static_cast<T>(r);
+      }
     }
     __syncthreads();  // part is reused by the next tile
   }
@@ -211,13 +253,27 @@ at::Tensor masked_pool_cuda(const at::Tensor& x, const at::Tensor& lengths, int6
   const c10::cuda::CUDAGuard guard(x.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_pool", [&] {
-    int C = 1;
-    while (C < a.I && C < 32) C *= 2;
-    const int64_t tiles = a.B * a.M * ((a.I + C - 1) / C);
-    // 5 blocks per SM: what its 48 registers allow (kernel_report, sm_90).
-    masked_pool_kernel<scalar_t><<<cuda::grid_for(tiles, 1, 5), kPoolThreads, 0,
-                                   stream>>>(a, static_cast<PoolMode>(mode), C,
-                                             values.data_ptr<scalar_t>());
+    auto launch = [&]<int VEC>() {
+      int C = 1;
+      while (int64_t(C) * VEC < a.I && C < 32) C *= 2;
+      const int64_t tiles = a.B * a.M * ((a.I + int64_t(C) * VEC - 1) / (int64_t(C) * VEC));
+      // Blocks per SM: what the kernel's registers and shared memory allow.
+      static const int per_sm = [] {
+        int n = 0;
+        C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+            &n, masked_pool_kernel<scalar_t, VEC>, kPoolThreads, 0));
+        return n > 0 ? n : 1;
+      }();
+      masked_pool_kernel<scalar_t, VEC><<<cuda::grid_for(tiles, 1, per_sm), kPoolThreads, 0,
+                                          stream>>>(a, static_cast<PoolMode>(mode), C,
+                                                    values.data_ptr<scalar_t>());
+    };
+    constexpr int VEC = cuda::Vec16<scalar_t>::N;
+    if (a.I % VEC == 0 && reinterpret_cast<uintptr_t>(a.x) % 16 == 0) {
+      launch.template operator()<VEC>();
+    } else {
+      launch.template operator()<1>();
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return values;
