@@ -100,11 +100,12 @@ def main():
     # Feature sizes 5 (element-wise gate and copies) and 16 (16-byte chunks),
     # in fp32 and fp16, and a misaligned fp16 x; for the pooling also 1 (256
     # slices of the steps), 40 (10 threads of 4 columns) and 264 (three tiles
-    # of 32 threads of 4 columns, the last partial).
+    # of 32 threads of 4 columns, the last partial); 3000 steps of 8 fp16: the
+    # steps of each row split over 2 blocks, then combined.
     for T, F, dtype in ((0, 5, torch.float32), (1, 5, torch.float32), (33, 5, torch.float32),
                         (64, 16, torch.float32), (33, 16, torch.float16), (33, -16, torch.float16),
                         (700, 1, torch.float32), (33, 40, torch.float32),
-                        (33, 264, torch.float32)):
+                        (33, 264, torch.float32), (3000, 8, torch.float16)):
         m = maskext.lengths_to_mask(L, T, left_pad=True)
         maskext.mask_to_lengths(m)
         maskext.lengths_from_padded(torch.randn(4, T, 3, device=dev), 0.0)

@@ -115,8 +115,10 @@ def test_pooling_long_steps_every_width(device, feat):
     # The CUDA kernel splits the steps over up to 256 slices and the features
     # over tiles of up to 32 threads across (of 4 fp32 columns each where the
     # features are a multiple of 4: 8, 32, 264; a partial last tile at 5, 70
-    # and 264): every slice count, tile edge, empty and full row, and a NaN
-    # that max must keep.
+    # and 264), and with 10-30 tiles for a GPU's hundreds of blocks the steps
+    # of each row split over 5-17 blocks, combined by a second kernel: every
+    # slice count, tile edge, split edge, empty and full row, and a NaN that
+    # max must keep.
     B, T = 5, 700
     x = torch.randn(B, 2, T, feat, device=device)
     L = torch.tensor([0, T, 1, 333, 699], device=device)

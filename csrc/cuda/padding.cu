@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <limits>
 #include <type_traits>
 
@@ -142,6 +143,9 @@ void fill_padding_inplace_cuda(at::Tensor& x, const at::Tensor& lengths,
 // 8 scalar loads in flight at 1.4-1.5x, 0.6x torch.compile's time
 // (2026-11-27): 2-byte loads, 16 bytes in flight per fp16 thread.)
 constexpr int kPoolThreads = 256;
+// Loads in flight per thread: 8 scalar ones, 4 of 16 bytes.
+template <int VEC>
+constexpr int kPoolUnroll = VEC == 1 ? 8 : 4;
 
 template <typename acc_t>
 __device__ __forceinline__ acc_t pool_op(PoolMode mode, acc_t acc, acc_t v) {
@@ -171,12 +175,23 @@ __device__ __forceinline__ void unpack_cols(PoolRaw<T, VEC> raw, acc_t (&v)[VEC]
   }
 }
 
+// The pooled value of a (b, m, i) from the reduction r of its real steps.
+template <typename acc_t>
+__device__ __forceinline__ acc_t pool_result(PoolMode mode, acc_t r, int64_t lo, int64_t hi) {
+  if (hi <= lo) return acc_t(0);  // empty: 0, never -inf or NaN
+  return mode == PoolMode::Mean ? r / static_cast<acc_t>(hi - lo) : r;
+}
+
+// splits > 1 (fewer tiles than the GPU holds blocks, long rows): block w
+// reduces the steps of split w % splits of tile w / splits and writes its
+// columns' reductions to partial[w * C * VEC ...]; masked_pool_finish_kernel
+// combines them.
 template <typename T, int VEC>
-__global__ void __launch_bounds__(kPoolThreads) masked_pool_kernel(PaddedArgs a, PoolMode mode,
-                                                                   int C, T* values) {
+__global__ void __launch_bounds__(kPoolThreads)
+    masked_pool_kernel(PaddedArgs a, PoolMode mode, int C, int splits, T* values,
+                       at::opmath_type<T>* partial) {
   using acc_t = at::opmath_type<T>;
-  // Loads in flight per thread: 8 scalar ones, 4 of 16 bytes.
-  constexpr int U = VEC == 1 ? 8 : 4;
+  constexpr int U = kPoolUnroll<VEC>;
   __shared__ acc_t part[kPoolThreads * VEC];
   const T* x = static_cast<const T*>(a.x);
   const int S = kPoolThreads / C;  // slices of the steps
@@ -184,18 +199,22 @@ __global__ void __launch_bounds__(kPoolThreads) masked_pool_kernel(PaddedArgs a,
   const acc_t init = mode == PoolMode::Max ? -std::numeric_limits<acc_t>::infinity() : acc_t(0);
   const int64_t cols = int64_t(C) * VEC;  // of a tile
   const int64_t tiles_per_row = (a.I + cols - 1) / cols, tiles = a.B * a.M * tiles_per_row;
-  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {  // uniform across the block
-    const int64_t k = tile / tiles_per_row, i = (tile % tiles_per_row) * cols + c * VEC;
+  for (int64_t w = blockIdx.x; w < tiles * splits; w += gridDim.x) {  // uniform across the block
+    const int64_t tile = w / splits, k = tile / tiles_per_row;
+    const int64_t i = (tile % tiles_per_row) * cols + c * VEC;
     int64_t lo, hi;
     row_bounds(a.spec, k / a.M, 0, lo, hi);
+    // This split's steps [beg, end) of [lo, hi).
+    const int64_t j = w % splits, len = hi > lo ? hi - lo : 0;
+    const int64_t beg = lo + len * j / splits, end = lo + len * (j + 1) / splits;
     acc_t acc[VEC];
 #pragma unroll
     for (int e = 0; e < VEC; ++e) acc[e] = init;
-    if (i < a.I && hi - lo > s) {  // i < I: all VEC columns (VEC divides I)
-      // Steps lo + s, lo + s + S, ...: n of them, `stride` elements apart.
+    if (i < a.I && end - beg > s) {  // i < I: all VEC columns (VEC divides I)
+      // Steps beg + s, beg + s + S, ...: n of them, `stride` elements apart.
       const int64_t stride = static_cast<int64_t>(S) * a.I;
-      const T* p = x + k * a.T * a.I + (lo + s) * a.I + i;
-      int64_t n = (hi - lo - s + S - 1) / S;
+      const T* p = x + k * a.T * a.I + (beg + s) * a.I + i;
+      int64_t n = (end - beg - s + S - 1) / S;
       for (; n >= U; n -= U, p += U * stride) {
         PoolRaw<T, VEC> raw[U];
 #pragma unroll
@@ -234,13 +253,32 @@ __global__ void __launch_bounds__(kPoolThreads) masked_pool_kernel(PaddedArgs a,
     if (s == 0 && i < a.I) {
 #pragma unroll
       for (int e = 0; e < VEC; ++e) {
-        acc_t r = part[c * VEC + e];
-        if (hi <= lo) r = acc_t(0);  // empty: 0, never -inf or NaN
-        else if (mode == PoolMode::Mean) r /= static_cast<acc_t>(hi - lo);
-        values[k * a.I + i + e] = static_cast<T>(r);
+        if (splits > 1) {
+          partial[w * cols + c * VEC + e] = part[c * VEC + e];
+        } else {
+          values[k * a.I + i + e] = static_cast<T>(pool_result(mode, part[c * VEC + e], lo, hi));
+        }
       }
     }
     __syncthreads();  // part is reused by the next tile
+  }
+}
+
+// Each output (b, m, i) from its tile's `splits` partial reductions, in order.
+template <typename T>
+__global__ void masked_pool_finish_kernel(PaddedArgs a, PoolMode mode, int64_t cols, int splits,
+                                          const at::opmath_type<T>* partial, T* values) {
+  using acc_t = at::opmath_type<T>;
+  const int64_t tiles_per_row = (a.I + cols - 1) / cols, outputs = a.B * a.M * a.I;
+  for (int64_t o = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; o < outputs;
+       o += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t k = o / a.I, i = o - k * a.I, tile = k * tiles_per_row + i / cols;
+    acc_t r = mode == PoolMode::Max ? -std::numeric_limits<acc_t>::infinity() : acc_t(0);
+    const acc_t* q = partial + tile * splits * cols + i % cols;
+    for (int j = 0; j < splits; ++j) r = pool_op(mode, r, q[j * cols]);
+    int64_t lo, hi;
+    row_bounds(a.spec, k / a.M, 0, lo, hi);
+    values[o] = static_cast<T>(pool_result(mode, r, lo, hi));
   }
 }
 
@@ -253,10 +291,12 @@ at::Tensor masked_pool_cuda(const at::Tensor& x, const at::Tensor& lengths, int6
   const c10::cuda::CUDAGuard guard(x.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_pool", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
     auto launch = [&]<int VEC>() {
       int C = 1;
       while (int64_t(C) * VEC < a.I && C < 32) C *= 2;
-      const int64_t tiles = a.B * a.M * ((a.I + int64_t(C) * VEC - 1) / (int64_t(C) * VEC));
+      const int64_t cols = int64_t(C) * VEC;
+      const int64_t tiles = a.B * a.M * ((a.I + cols - 1) / cols);
       // Blocks per SM: what the kernel's registers and shared memory allow.
       static const int per_sm = [] {
         int n = 0;
@@ -264,9 +304,29 @@ at::Tensor masked_pool_cuda(const at::Tensor& x, const at::Tensor& lengths, int6
             &n, masked_pool_kernel<scalar_t, VEC>, kPoolThreads, 0));
         return n > 0 ? n : 1;
       }();
-      masked_pool_kernel<scalar_t, VEC><<<cuda::grid_for(tiles, 1, per_sm), kPoolThreads, 0,
-                                          stream>>>(a, static_cast<PoolMode>(mode), C,
-                                                    values.data_ptr<scalar_t>());
+      // Fewer tiles than the GPU holds blocks: each tile's steps split over
+      // as many blocks as fit in one round, each with at least one round of
+      // U loads per slice (16 batch elements of 16K steps of 8 fp16 features
+      // were 16 blocks on 132 SMs: 3x torch.compile's time).
+      const int64_t slots = int64_t(cuda::sm_count()) * per_sm;
+      const int64_t steps_per_split = int64_t(kPoolThreads / C) * kPoolUnroll<VEC>;
+      int64_t splits = std::min(slots / tiles, a.T / steps_per_split);
+      splits = std::max<int64_t>(1, std::min<int64_t>(splits, 1024));
+      at::Tensor partial;
+      if (splits > 1) partial = at::empty({tiles * splits * cols}, x.options().dtype(
+                                              c10::CppTypeToScalarType<acc_t>::value));
+      acc_t* pp = splits > 1 ? partial.data_ptr<acc_t>() : nullptr;
+      masked_pool_kernel<scalar_t, VEC>
+          <<<cuda::grid_for(tiles * splits, 1, per_sm), kPoolThreads, 0, stream>>>(
+              a, static_cast<PoolMode>(mode), C, static_cast<int>(splits),
+              values.data_ptr<scalar_t>(), pp);
+      if (splits > 1) {
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        masked_pool_finish_kernel<scalar_t>
+            <<<cuda::grid_for(values.numel(), 256), 256, 0, stream>>>(
+                a, static_cast<PoolMode>(mode), cols, static_cast<int>(splits), pp,
+                values.data_ptr<scalar_t>());
+      }
     };
     constexpr int VEC = cuda::Vec16<scalar_t>::N;
     if (a.I % VEC == 0 && reinterpret_cast<uintptr_t>(a.x) % 16 == 0) {
