@@ -77,19 +77,7 @@ __global__ void interval_mask_rows_kernel(IntervalMaskArgs a, int R, T keep, T m
   }
 }
 
-// interval_mask_rows_kernel<T>'s blocks of kRowsBlock threads that fit on an
-// SM (its registers allow 42-51 warps of the 64, kernel_report.py).
-constexpr int kRowsBlock = 256;
-template <typename T>
-int rows_blocks_per_sm() {
-  static const int n = [] {
-    int blocks = 0;
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &blocks, interval_mask_rows_kernel<T>, kRowsBlock, 0));
-    return blocks > 0 ? blocks : 1;
-  }();
-  return n;
-}
+constexpr int kRowsBlock = 256;  // threads of interval_mask_rows_kernel's blocks
 
 // Rows per warp of interval_mask_rows_kernel: 1 while the rows leave a warp
 // of the GPU's resident ones idle, then enough that every warp runs once, at
@@ -149,7 +137,8 @@ void write_interval_mask_cuda(const IntervalMaskArgs& a, const at::Tensor& out) 
     constexpr int VEC = Vec16<scalar_t>::N;
     const scalar_t keep = static_cast<scalar_t>(a.keep), masked = static_cast<scalar_t>(a.masked);
     if (a.cols % VEC == 0 && reinterpret_cast<uintptr_t>(a.out) % 16 == 0) {
-      const int per_sm = rows_blocks_per_sm<scalar_t>();
+      // (its 40-48 registers allow 42-51 warps per SM, kernel_report.py)
+      const int per_sm = cuda::blocks_per_sm(interval_mask_rows_kernel<scalar_t>, kRowsBlock);
       const int R = rows_per_warp(a.rows, int64_t(cuda::sm_count()) * per_sm * (kRowsBlock / 32));
       interval_mask_rows_kernel<scalar_t>
           <<<cuda::grid_for((a.rows + R - 1) / R, kRowsBlock / 32, per_sm), kRowsBlock, 0,

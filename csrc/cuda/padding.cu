@@ -297,13 +297,7 @@ at::Tensor masked_pool_cuda(const at::Tensor& x, const at::Tensor& lengths, int6
       while (int64_t(C) * VEC < a.I && C < 32) C *= 2;
       const int64_t cols = int64_t(C) * VEC;
       const int64_t tiles = a.B * a.M * ((a.I + cols - 1) / cols);
-      // Blocks per SM: what the kernel's registers and shared memory allow.
-      static const int per_sm = [] {
-        int n = 0;
-        C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-            &n, masked_pool_kernel<scalar_t, VEC>, kPoolThreads, 0));
-        return n > 0 ? n : 1;
-      }();
+      const int per_sm = cuda::blocks_per_sm(masked_pool_kernel<scalar_t, VEC>, kPoolThreads);
       // Fewer tiles than the GPU holds blocks: each tile's steps split over
       // as many blocks as fit in one round, each with at least one round of
       // U loads per slice (16 batch elements of 16K steps of 8 fp16 features

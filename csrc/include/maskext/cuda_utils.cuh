@@ -16,6 +16,9 @@
 
 #include <cstdint>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <utility>
 
 namespace maskext {
 namespace cuda {
@@ -240,6 +243,24 @@ inline int sm_count() {
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
   if (dev < 64) count[dev] = n;
   return n;
+}
+
+// Blocks of `threads` threads of `kernel` that fit on an SM at once (its
+// registers and shared memory), from the occupancy API, asked once per kernel
+// and block size: for grids of one round of blocks.
+template <typename Kernel>
+int blocks_per_sm(Kernel kernel, int threads) {
+  static std::mutex mutex;
+  static std::map<std::pair<const void*, int>, int> known;
+  const std::pair<const void*, int> key{reinterpret_cast<const void*>(kernel), threads};
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto it = known.find(key);
+  if (it == known.end()) {
+    int n = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, 0));
+    it = known.emplace(key, n > 0 ? n : 1).first;
+  }
+  return it->second;
 }
 
 // Grid for a grid-stride loop over `work` items, `per_block` per block.
