@@ -443,9 +443,9 @@ def _tier(Tk, dtype, backward, general=False, rows=30):
     with_forward_tier and with_tier there."""
     vec = 128 // torch.finfo(dtype).bits  # elements in 16 bytes
     need = Tk // vec if Tk % vec == 0 else (Tk + 2 * vec - 2) // vec
-    if backward:  # launch_tier_d<T, LOG, true>: y and dy, half the forward's chunks
-        max_p = 8 if vec == 4 else 4
-        cluster = _cluster(need, rows, max_p, 512 * max_p)  # block_max: kTierMaxChunks
+    max_p = 8 if vec == 4 else 4  # the backward's: y and dy, half the forward's chunks
+    if backward:  # launch_tier_d<T, LOG, true>; block_max: kTierMaxChunks
+        cluster = _cluster(need, rows, max_p, 512 * max_p)
     else:
         # kTierDWideP: 16 chunks per thread for fp16 / bf16
         cluster = None if general else _cluster(need, rows, 8, 4096, 16 if vec == 8 else 0)
@@ -457,10 +457,9 @@ def _tier(Tk, dtype, backward, general=False, rows=30):
         if general:  # kGeneralTierMaxChunks
             tiers = [(g, p) for g, p in tiers if g * p <= 2048]
     else:  # with_tier<MAXP>, MAXP = 8 for fp32, 4 for fp16 / bf16
-        maxp = 8 if vec == 4 else 4
-        tiers = [(4, 1), (4, 2), (4, 4), (8, 4), (16, 4), (32, 4), (32, 8), (128, maxp),
-                 (256, maxp), (512, maxp)]
-        tiers = [(g, p) for g, p in tiers if p <= maxp]
+        tiers = [(4, 1), (4, 2), (4, 4), (8, 4), (16, 4), (32, 4), (32, 8), (128, max_p),
+                 (256, max_p), (512, max_p)]
+        tiers = [(g, p) for g, p in tiers if p <= max_p]
     for g, p in tiers:
         if need <= g * p:
             return g, p

@@ -81,7 +81,7 @@ constexpr int kRowsBlock = 256;  // threads of interval_mask_rows_kernel's block
 
 // Rows per warp of interval_mask_rows_kernel: 1 while the rows leave a warp
 // of the GPU's resident ones idle, then enough that every warp runs once, at
-// most 32 (a lane per row's bounds). The tests mirror it (test_masks.py).
+// most 32 (a lane per row's bounds). test_masks.py reaches R = 2 to 32 and past.
 inline int rows_per_warp(int64_t rows, int64_t resident_warps) {
   const int64_t R = (rows + resident_warps - 1) / resident_warps;
   return static_cast<int>(R < 1 ? 1 : (R > 32 ? 32 : R));
@@ -137,7 +137,7 @@ void write_interval_mask_cuda(const IntervalMaskArgs& a, const at::Tensor& out) 
     constexpr int VEC = Vec16<scalar_t>::N;
     const scalar_t keep = static_cast<scalar_t>(a.keep), masked = static_cast<scalar_t>(a.masked);
     if (a.cols % VEC == 0 && reinterpret_cast<uintptr_t>(a.out) % 16 == 0) {
-      // (its 40-48 registers allow 42-51 warps per SM, kernel_report.py)
+      // (its 40-48 registers allow 42-51 resident warps per SM, not 64: kernel_report.py)
       const int per_sm = cuda::blocks_per_sm(interval_mask_rows_kernel<scalar_t>, kRowsBlock);
       const int R = rows_per_warp(a.rows, int64_t(cuda::sm_count()) * per_sm * (kRowsBlock / 32));
       interval_mask_rows_kernel<scalar_t>

@@ -870,7 +870,7 @@ __global__ void __launch_bounds__(kTierBlock<G>, (CLUSTER ? kTierMinBlocks<G, (P
   // leave together, past active_slots (in which every lane of a warp takes
   // part) where it applies.
   constexpr bool kSlots = !GENERAL && !CLUSTER && P <= 8;
-  const bool has_row = r < a.rows();  // tier D's grid is rows x C: always
+  const bool has_row = r < a.rows();  // always in tier D (its grid: rows x C CTAs)
   // The thread's first chunk in the row (its chunks are lane + G * k).
   const int lane = CLUSTER ? cluster_rank() * G * P + threadIdx.x : threadIdx.x % G;
   const unsigned mask = group_mask<G>();
