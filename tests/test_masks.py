@@ -261,7 +261,7 @@ def test_masks_rows_aligned_or_not(device, cols, dtype):
 # per warp (rows_per_warp in csrc/cuda/masks.cu: rows / resident warps, at
 # most 32, then a grid-stride loop), rows of fewer 16-byte chunks than lanes
 # spread over the warp's rows, longer ones row after row. The kernel's
-# registers allow 42-64 resident warps per SM: at least per_warp rows per warp.
+# registers allow 42-51 resident warps per SM (of 64): at least per_warp rows per warp.
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("per_warp,cols,dtype", [
     (2, 16, torch.bool), (2, 512, torch.bool), (5, 80, torch.bool), (5, 264, torch.float16),

@@ -70,18 +70,6 @@ constexpr int kGateThreads = 256;
 template <int VEC>
 constexpr int kGateUnroll = VEC == 1 ? 1 : 4;
 
-// real[j]: chunk c0 + j * kGateThreads exists and lies in a real step.
-template <int U>
-__device__ __forceinline__ void real_chunks(const PaddedArgs& a, const StepOf& d,
-                                            int64_t per_step, int64_t chunks, int64_t c0,
-                                            bool (&real)[U]) {
-#pragma unroll
-  for (int j = 0; j < U; ++j) {
-    const int64_t c = c0 + j * kGateThreads;
-    real[j] = c < chunks && real_step(a, d, per_step, c);
-  }
-}
-
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kGateThreads) gate_kernel(PaddedArgs a, StepOf d, const T* x,
                                                             T* out, at::opmath_type<T> inv_t,
@@ -93,7 +81,7 @@ __global__ void __launch_bounds__(kGateThreads) gate_kernel(PaddedArgs a, StepOf
   for (int64_t c0 = blockIdx.x * int64_t(kGateThreads * U) + threadIdx.x; c0 < chunks;
        c0 += int64_t(gridDim.x) * kGateThreads * U) {
     bool real[U];
-    real_chunks(a, d, per_step, chunks, c0, real);
+    real_chunks<kGateThreads>(a, d, per_step, chunks, c0, real);
     if constexpr (VEC == 1) {
       out[c0] = real[0] ? static_cast<T>(gate_value<acc_t>(static_cast<acc_t>(z[c0]),
                                                             x != nullptr ? static_cast<acc_t>(x[c0])
@@ -138,7 +126,7 @@ __global__ void __launch_bounds__(kGateThreads)
   for (int64_t c0 = blockIdx.x * int64_t(kGateThreads * U) + threadIdx.x; c0 < chunks;
        c0 += int64_t(gridDim.x) * kGateThreads * U) {
     bool real[U];
-    real_chunks(a, d, per_step, chunks, c0, real);
+    real_chunks<kGateThreads>(a, d, per_step, chunks, c0, real);
     if constexpr (VEC == 1) {
       acc_t gx = 0, gz = 0;
       if (real[0]) {

@@ -52,7 +52,7 @@ __global__ void fill_padding_kernel(PaddedArgs a, T value, bool in_place, bool s
 // issued before any store. (A block per step, with two 64-bit divisions and
 // the step's bounds before its one 16-byte load per thread, ran at 1.27x the
 // copy on the H200, 2026-11-27, where torch.compile's kernel ran at 1.00x.)
-// Four blocks per SM (up to 64 registers: 60-62 used): 32 warps, each thread
+// Four blocks per SM (up to 64 registers: 56 used): 32 warps, each thread
 // with 4 x 16 bytes in flight.
 constexpr int kFlatThreads = 256, kFlatUnroll = 4, kFlatBlocksPerSM = 4;
 
@@ -67,12 +67,12 @@ __global__ void __launch_bounds__(kFlatThreads, kFlatBlocksPerSM)
   // A block's tile: kFlatUnroll x kFlatThreads consecutive chunks.
   for (int64_t c0 = blockIdx.x * int64_t(kFlatThreads * kFlatUnroll) + threadIdx.x; c0 < chunks;
        c0 += int64_t(gridDim.x) * kFlatThreads * kFlatUnroll) {
-    uint4 v[kFlatUnroll];
     bool real[kFlatUnroll];
+    real_chunks<kFlatThreads>(a, d, per_step, chunks, c0, real);
+    uint4 v[kFlatUnroll];
 #pragma unroll
-    for (int j = 0; j < kFlatUnroll; ++j) {
+    for (int j = 0; j < kFlatUnroll; ++j) {  // every load of the round before any store
       const int64_t c = c0 + j * kFlatThreads;
-      real[j] = c < chunks && real_step(a, d, per_step, c);
       if (real[j] && !in_place) v[j] = __ldg(reinterpret_cast<const uint4*>(x + c * VEC));
     }
 #pragma unroll

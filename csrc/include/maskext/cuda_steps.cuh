@@ -45,4 +45,17 @@ __device__ __forceinline__ bool real_step(const PaddedArgs& a, const StepOf& d, 
   return t >= lo && t < hi;
 }
 
+// real[j]: chunk c0 + j * STRIDE exists (< chunks) and lies in a real step;
+// the U chunks of one thread's round, their steps found before any load.
+template <int STRIDE, int U>
+__device__ __forceinline__ void real_chunks(const PaddedArgs& a, const StepOf& d,
+                                            int64_t per_step, int64_t chunks, int64_t c0,
+                                            bool (&real)[U]) {
+#pragma unroll
+  for (int j = 0; j < U; ++j) {
+    const int64_t c = c0 + int64_t(j) * STRIDE;
+    real[j] = c < chunks && real_step(a, d, per_step, c);
+  }
+}
+
 }  // namespace maskext
