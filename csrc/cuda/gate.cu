@@ -28,11 +28,11 @@ __device__ __forceinline__ uint4 load16(const T* p) {
   return *reinterpret_cast<const uint4*>(p);
 }
 
-// The VEC elements of a 16-byte chunk, or ones where there is no x.
+// The VEC elements of x at e (16-byte aligned), or ones where there is no x.
 template <typename T, int VEC>
-__device__ __forceinline__ void unpack_x16(const T* x, uint4 raw, at::opmath_type<T> (&xv)[VEC]) {
+__device__ __forceinline__ void load_x16(const T* x, int64_t e, at::opmath_type<T> (&xv)[VEC]) {
   if (x != nullptr) {
-    cuda::unpack16<T>(raw, xv);
+    cuda::unpack16<T>(load16(x + e), xv);
   } else {
 #pragma unroll
     for (int j = 0; j < VEC; ++j) xv[j] = at::opmath_type<T>(1);
@@ -60,57 +60,45 @@ __device__ __forceinline__ void gate_grads(acc_t z, acc_t x, acc_t g, acc_t inv_
 // elements, every pointer 16-byte aligned and I % VEC == 0, so a chunk lies
 // in one step and the step's bounds are found once per chunk (real_step: two
 // divisions and row_bounds per VEC elements, not per element: per element they
-// cost more instructions than the memory time of the element), kGateUnroll
-// chunks per thread and round: their steps first, then all their loads, then
-// the math and stores (a chunk at a time waited for its step's length, then
-// for its loads: the gate ran at 1.53x its copy floor on the H200, 2026-11-27,
-// torch.compile's kernel at 1.45x). VEC == 1: one element at a time, any I
-// and alignment.
+// cost more instructions than the memory time of the element). VEC == 1: one
+// element at a time, any I and alignment.
+//
+// One chunk per thread and iteration, on up to 16 blocks per SM: the warps'
+// loads, sigmoids and stores interleave. (4 chunks per thread, steps then
+// loads then math, on a one-round grid of 24 warps per SM, ran 1.32x slower on
+// the H200, 2026-11-27: 2.03x its copy floor against 1.53x; the round's
+// sigmoids are compute the memory then waits on, with every warp in the same
+// phase.)
 constexpr int kGateThreads = 256;
-template <int VEC>
-constexpr int kGateUnroll = VEC == 1 ? 1 : 4;
 
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kGateThreads) gate_kernel(PaddedArgs a, StepOf d, const T* x,
                                                             T* out, at::opmath_type<T> inv_t,
                                                             bool hard) {
   using acc_t = at::opmath_type<T>;
-  constexpr int U = kGateUnroll<VEC>;
   const T* z = static_cast<const T*>(a.x);
   const int64_t per_step = a.I / VEC, chunks = a.B * a.T * per_step;
-  for (int64_t c0 = blockIdx.x * int64_t(kGateThreads * U) + threadIdx.x; c0 < chunks;
-       c0 += int64_t(gridDim.x) * kGateThreads * U) {
-    bool real[U];
-    real_chunks<kGateThreads>(a, d, per_step, chunks, c0, real);
+  for (int64_t c = blockIdx.x * int64_t(kGateThreads) + threadIdx.x; c < chunks;
+       c += int64_t(gridDim.x) * kGateThreads) {
+    const bool real = real_step(a, d, per_step, c);
     if constexpr (VEC == 1) {
-      out[c0] = real[0] ? static_cast<T>(gate_value<acc_t>(static_cast<acc_t>(z[c0]),
-                                                            x != nullptr ? static_cast<acc_t>(x[c0])
-                                                                         : acc_t(1),
-                                                            inv_t, hard))
-                        : T(0);
+      out[c] = real ? static_cast<T>(gate_value<acc_t>(static_cast<acc_t>(z[c]),
+                                                        x != nullptr ? static_cast<acc_t>(x[c])
+                                                                     : acc_t(1),
+                                                        inv_t, hard))
+                    : T(0);
     } else {
-      uint4 zr[U], xr[U];
-#pragma unroll
-      for (int j = 0; j < U; ++j) {  // every load of the round first
-        const int64_t e = (c0 + j * kGateThreads) * VEC;
-        if (real[j]) zr[j] = load16(z + e);
-        if (real[j] && x != nullptr) xr[j] = load16(x + e);
+      const int64_t e = c * VEC;
+      if (!real) {
+        cuda::st_global_128(out + e, make_uint4(0, 0, 0, 0));  // +0.0 in every float type
+        continue;
       }
+      acc_t zv[VEC], xv[VEC];
+      cuda::unpack16<T>(load16(z + e), zv);
+      load_x16<T, VEC>(x, e, xv);
 #pragma unroll
-      for (int j = 0; j < U; ++j) {
-        const int64_t c = c0 + j * kGateThreads, e = c * VEC;
-        if (c >= chunks) break;
-        if (!real[j]) {
-          cuda::st_global_128(out + e, make_uint4(0, 0, 0, 0));  // +0.0 in every float type
-          continue;
-        }
-        acc_t zv[VEC], xv[VEC];
-        cuda::unpack16<T>(zr[j], zv);
-        unpack_x16<T, VEC>(x, xr[j], xv);
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) zv[k] = gate_value<acc_t>(zv[k], xv[k], inv_t, hard);
-        cuda::store16<T>(out + e, zv);
-      }
+      for (int k = 0; k < VEC; ++k) zv[k] = gate_value<acc_t>(zv[k], xv[k], inv_t, hard);
+      cuda::store16<T>(out + e, zv);
     }
   }
 }
@@ -120,53 +108,37 @@ __global__ void __launch_bounds__(kGateThreads)
     gate_backward_kernel(PaddedArgs a, StepOf d, const T* x, const T* grad, T* dx, T* dz,
                          at::opmath_type<T> inv_t, bool hard) {
   using acc_t = at::opmath_type<T>;
-  constexpr int U = kGateUnroll<VEC>;
   const T* z = static_cast<const T*>(a.x);
   const int64_t per_step = a.I / VEC, chunks = a.B * a.T * per_step;
-  for (int64_t c0 = blockIdx.x * int64_t(kGateThreads * U) + threadIdx.x; c0 < chunks;
-       c0 += int64_t(gridDim.x) * kGateThreads * U) {
-    bool real[U];
-    real_chunks<kGateThreads>(a, d, per_step, chunks, c0, real);
+  for (int64_t c = blockIdx.x * int64_t(kGateThreads) + threadIdx.x; c < chunks;
+       c += int64_t(gridDim.x) * kGateThreads) {
+    const bool real = real_step(a, d, per_step, c);
     if constexpr (VEC == 1) {
       acc_t gx = 0, gz = 0;
-      if (real[0]) {
-        gate_grads<acc_t>(static_cast<acc_t>(z[c0]),
-                          x != nullptr ? static_cast<acc_t>(x[c0]) : acc_t(1),
-                          static_cast<acc_t>(grad[c0]), inv_t, hard, gx, gz);
+      if (real) {
+        gate_grads<acc_t>(static_cast<acc_t>(z[c]),
+                          x != nullptr ? static_cast<acc_t>(x[c]) : acc_t(1),
+                          static_cast<acc_t>(grad[c]), inv_t, hard, gx, gz);
       }
-      dz[c0] = static_cast<T>(gz);
-      if (dx != nullptr) dx[c0] = static_cast<T>(gx);
+      dz[c] = static_cast<T>(gz);
+      if (dx != nullptr) dx[c] = static_cast<T>(gx);
     } else {
-      uint4 zr[U], gr[U], xr[U];
-#pragma unroll
-      for (int j = 0; j < U; ++j) {  // every load of the round first
-        const int64_t e = (c0 + j * kGateThreads) * VEC;
-        if (real[j]) {
-          zr[j] = load16(z + e);
-          gr[j] = load16(grad + e);
-        }
-        if (real[j] && x != nullptr) xr[j] = load16(x + e);
+      const int64_t e = c * VEC;
+      if (!real) {
+        cuda::st_global_128(dz + e, make_uint4(0, 0, 0, 0));
+        if (dx != nullptr) cuda::st_global_128(dx + e, make_uint4(0, 0, 0, 0));
+        continue;
       }
+      acc_t zv[VEC], xv[VEC], gv[VEC];
+      cuda::unpack16<T>(load16(z + e), zv);
+      cuda::unpack16<T>(load16(grad + e), gv);
+      load_x16<T, VEC>(x, e, xv);
 #pragma unroll
-      for (int j = 0; j < U; ++j) {
-        const int64_t c = c0 + j * kGateThreads, e = c * VEC;
-        if (c >= chunks) break;
-        if (!real[j]) {
-          cuda::st_global_128(dz + e, make_uint4(0, 0, 0, 0));
-          if (dx != nullptr) cuda::st_global_128(dx + e, make_uint4(0, 0, 0, 0));
-          continue;
-        }
-        acc_t zv[VEC], xv[VEC], gv[VEC];
-        cuda::unpack16<T>(zr[j], zv);
-        cuda::unpack16<T>(gr[j], gv);
-        unpack_x16<T, VEC>(x, xr[j], xv);
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) {
-          gate_grads<acc_t>(zv[k], xv[k], gv[k], inv_t, hard, xv[k], zv[k]);
-        }
-        cuda::store16<T>(dz + e, zv);
-        if (dx != nullptr) cuda::store16<T>(dx + e, xv);
+      for (int k = 0; k < VEC; ++k) {
+        gate_grads<acc_t>(zv[k], xv[k], gv[k], inv_t, hard, xv[k], zv[k]);
       }
+      cuda::store16<T>(dz + e, zv);
+      if (dx != nullptr) cuda::store16<T>(dx + e, xv);
     }
   }
 }
@@ -198,9 +170,7 @@ at::Tensor gate_cuda(const std::optional<at::Tensor>& x, const at::Tensor& logit
     with_vec<scalar_t>(g.logits.args.I, {g.logits.args.x, xp, op}, [&]<int VEC>() {
       const int64_t chunks = out.numel() / VEC;
       const auto kernel = gate_kernel<scalar_t, VEC>;
-      kernel<<<cuda::grid_for(chunks, kGateThreads * kGateUnroll<VEC>,
-                              cuda::blocks_per_sm(kernel, kGateThreads)),
-               kGateThreads, 0, stream>>>(
+      kernel<<<cuda::grid_for(chunks, kGateThreads), kGateThreads, 0, stream>>>(
           g.logits.args, step_of(g.logits.args, g.logits.args.I / VEC, chunks), xp, op,
           static_cast<at::opmath_type<scalar_t>>(inv_t), hard);
     });
@@ -229,9 +199,7 @@ std::tuple<at::Tensor, at::Tensor> gate_backward_cuda(const at::Tensor& grad,
     with_vec<scalar_t>(g.logits.args.I, {g.logits.args.x, xp, gp, dxp, dzp}, [&]<int VEC>() {
       const int64_t chunks = dlogits.numel() / VEC;
       const auto kernel = gate_backward_kernel<scalar_t, VEC>;
-      kernel<<<cuda::grid_for(chunks, kGateThreads * kGateUnroll<VEC>,
-                              cuda::blocks_per_sm(kernel, kGateThreads)),
-               kGateThreads, 0, stream>>>(
+      kernel<<<cuda::grid_for(chunks, kGateThreads), kGateThreads, 0, stream>>>(
           g.logits.args, step_of(g.logits.args, g.logits.args.I / VEC, chunks), xp, gp, dxp, dzp,
           static_cast<at::opmath_type<scalar_t>>(inv_t), hard);
     });
