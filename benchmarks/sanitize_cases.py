@@ -29,8 +29,10 @@ def main():
             QL = torch.tensor([5, 2, 0], device=dev, dtype=torch.int32)
             mask = torch.rand(3, 1, 5, Tk, device=dev) > 0.3
             bias = torch.randn(1, 2, 1, Tk, device=dev, dtype=dtype)
-            xn = x.clone()
-            xn[1, 0, 0, 0] = float("nan")  # a NaN row, an all-NaN row, a +inf row
+            xn = torch.empty(3, 2, 5, Tk + 3, device=dev, dtype=dtype)[..., 3:].copy_(x)
+            # A NaN row, an all-NaN row, a +inf row, misaligned as x (the tiers
+            # read a poisoned row's x again, out of line).
+            xn[1, 0, 0, 0] = float("nan")
             xn[1, 1, 1] = float("nan")
             xn[1, 0, 2, -1] = float("inf")
             for kw in (dict(lengths=L), dict(lengths=L, causal=True, q_lengths=QL, window=(4, 1)),
@@ -54,8 +56,8 @@ def main():
     # length gets): 4 to 32 lanes per row with 1 to 4 chunks each, a warp with
     # 2 to 8 chunks per lane; in 30 rows (fewer than SMs) tier D on sm_90 from
     # 6000 fp32 / 12000 fp16 keys (2, 4 and 8 CTAs per row); in 156 rows (more
-    # than SMs) 128 to 512 threads per row, and tier D by length (fp32: 4 CTAs
-    # of 8 chunks; fp16 / bf16: the wide plan, 2 CTAs of 16).
+    # than SMs) 128 to 512 threads per row, and tier D by length (4 CTAs of 8
+    # chunks per thread).
     for dtype, rows in itertools.product((torch.float16, torch.bfloat16, torch.float32), (30, 156)):
         if rows == 30:
             lengths = (20, 40, 100, 200, 300, 600, 2000, 3000, 6000, 12000, 20000)

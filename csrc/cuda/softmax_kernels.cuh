@@ -466,9 +466,15 @@ template <int G, int P>
 constexpr int kTierMinBlocks = (P >= 16 ? 3 : 4) * 128 / kTierBlock<G> > 0
                                    ? (P >= 16 ? 3 : 4) * 128 / kTierBlock<G>
                                    : 1;
-// The forward holds no dy: its 1-, 2- and 4-chunk tiers fit 40, 48 and 72
-// registers without spilling (48, 40 and 28 warps per SM), where the compiler
-// left unasked took up to 42 and 74 (fewer warps, fewer bytes in flight).
+// The forward holds no dy: its 1-, 2-, 4- and 8-chunk tiers fit 40, 48, 56
+// and 96 registers without spilling (48, 40, 36 and 20 warps per SM; blocks
+// of 256 or 512 threads: 16), where the compiler left unasked took up to 42,
+// 74 and 116 (fewer warps, fewer bytes in flight: the forward tiers are bound
+// by the rows in flight per SM, Nsight Compute on the H200 showing padded
+// rows of 1K keys, 27 % fewer bytes, in the time of full ones). The 4- and
+// 8-chunk budgets were 72 and 128 until the second read of a poisoned row went
+// out of line (store_poisoned_row) and the bodies per count of active chunk
+// slots went (kernel_report, sm_90, 2026-11-27).
 // With a mask or bias tensor (GENERAL) the bias chunks and the mask's flags
 // are live with the scores: at those warps per SM ptxas spilled 28-152 bytes
 // (kernel_report.py, 2026-11-27). With the flags as bits and a poisoned row
@@ -477,13 +483,14 @@ constexpr int kTierMinBlocks = (P >= 16 ? 3 : 4) * 128 / kTierBlock<G> > 0
 // 96) and, for 8 chunks, the 16-chunk budget (168; 128 spilled 28-32 bytes).
 template <int P, bool GENERAL>
 constexpr int kTierForwardMinWarps = GENERAL ? (P == 1 ? 40 : P == 2 ? 32 : 24)
-                                             : (P == 1 ? 48 : P == 2 ? 40 : 28);
+                                             : (P == 1 ? 48 : P == 2 ? 40 : P == 4 ? 36 : 20);
 template <int G, int P, bool GENERAL>
 constexpr int kTierForwardMinBlocks =
-    P > 4 ? kTierMinBlocks<G, (GENERAL ? 16 : P)>
-          : (kTierForwardMinWarps<P, GENERAL> * 32 / kTierBlock<G> > 0
-                 ? kTierForwardMinWarps<P, GENERAL> * 32 / kTierBlock<G>
-                 : 1);
+    (P > 4 && GENERAL) || P > 8
+        ? kTierMinBlocks<G, (GENERAL ? 16 : P)>
+        : (kTierForwardMinWarps<P, GENERAL> * 32 / kTierBlock<G> > 0
+               ? kTierForwardMinWarps<P, GENERAL> * 32 / kTierBlock<G>
+               : 1);
 // The backward's 4-chunk tiers (4 chunks of y and of dy per thread: every
 // dtype's rows of 9-128 chunks, fp16 / bf16 rows up to 16K keys) fit 64
 // registers without spilling, at the same SASS length (kernel_report, sm_90,
@@ -845,6 +852,75 @@ __device__ __forceinline__ void store_row(T* __restrict__ o, int Tk, int lane, i
   store_row<T, G, P>(o, Tk, lane, a0, v, none, 0.f);
 }
 
+// The scores of x's raw chunks in base-2 units, u = log2(e) * scale * x
+// (softcapped), -inf outside [lo, hi); chunks out[k] untouched.
+template <typename T, int G, int P>
+__device__ __forceinline__ void x_scores(const RawRow<T, P>& raw, int lo, int hi, int lane, int a0,
+                                         double scale, double softcap, const bool (&out)[P],
+                                         float (&v)[P][Vec16<T>::N]) {
+  constexpr int VEC = Vec16<T>::N;
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  constexpr double kLog2e = 1.4426950408889634;
+  const float scale2 = static_cast<float>(scale * kLog2e);
+#pragma unroll
+  for (int k = 0; k < P; ++k) {
+    if (out[k]) continue;
+    const int p = (lane + G * k) * VEC - a0;
+    unpack_chunk(raw, k, v[k]);
+    if (raw.full[k]) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) v[k][e] *= scale2;
+    } else {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        v[k][e] = lo <= p + e && p + e < hi ? v[k][e] * scale2 : kNegInf;
+      }
+    }
+  }
+  if (softcap > 0) {  // softcap * tanh(z / softcap) on the visible scores, in base 2
+    const float cap2 = static_cast<float>(softcap * kLog2e), inv_cap2 = 1.f / cap2;
+#pragma unroll
+    for (int k = 0; k < P; ++k) {
+      if (out[k]) continue;
+      const int p = (lane + G * k) * VEC - a0;
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        if (lo <= p + e && p + e < hi) v[k][e] = cap2 * tanhf(v[k][e] * inv_cap2);
+      }
+    }
+  }
+}
+
+// The softmax of a poisoned row without a mask or bias tensor (rare: a NaN or
+// +inf visible score or sink): 0 where the score is -inf, NaN at the other
+// visible positions, 0 outside. The exps no longer tell a -inf score
+// from an underflow, so x is read again; out of line, because inlined, that
+// second read kept x's row pointer and the scores' constants live through the
+// whole kernel (kernel_report, sm_90, 2026-11-27: the fp16 8-chunk softmax
+// tiers 116 registers, 89 without it).
+template <typename T, int G, int P>
+__device__ __noinline__ void store_poisoned_row(const T* __restrict__ xr, T* __restrict__ o, int lo,
+                                                int hi, int Tk, int lane, int a0, double scale,
+                                                double softcap) {
+  constexpr int VEC = Vec16<T>::N;
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  bool out[P];
+  outside_chunks<T, G, P>(lo, hi, lane, a0, out);
+  RawRow<T, P> raw;
+  load_row<T, G, P>(xr, lo, hi, same_alignment(xr, o), lane, a0, raw);
+  float v[P][VEC];
+  x_scores<T, G, P>(raw, lo, hi, lane, a0, scale, softcap, out, v);
+#pragma unroll
+  for (int k = 0; k < P; ++k) {
+    if (out[k]) continue;
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      v[k][e] = v[k][e] == kNegInf ? 0.f : std::numeric_limits<float>::quiet_NaN();
+    }
+  }
+  store_row<T, G, P>(o, Tk, lane, a0, v, out, 0.f);
+}
+
 // GENERAL: a mask and/or bias tensor (contiguous keys, tier_chunks) joins
 // the scores as they are loaded, by the rule of the general kernel's `score`.
 // CLUSTER (tier D, sm_90): a row over the CTAs of a thread-block cluster, CTA q
@@ -853,9 +929,9 @@ __device__ __forceinline__ void store_row(T* __restrict__ o, int Tk, int lane, i
 // meet once in distributed shared memory (cluster_merge).
 // Tier D's register budget is the 8-chunk one (2 CTAs per SM) at every P up
 // to 8 (at 5 CTAs per SM, 48 registers, the 2-chunk kernel spilled the
-// merge's pairs), the 16-chunk one (1 CTA per SM) for the wide plan.
+// merge's pairs).
 template <typename T, int G, int P, bool LOG, bool GENERAL, bool CLUSTER = false>
-__global__ void __launch_bounds__(kTierBlock<G>, (CLUSTER ? kTierMinBlocks<G, (P > 8 ? 16 : 8)>
+__global__ void __launch_bounds__(kTierBlock<G>, (CLUSTER ? kTierMinBlocks<G, 8>
                                                           : kTierForwardMinBlocks<G, P, GENERAL>))
     softmax_tier_forward_kernel(SoftmaxArgs a, RowDiv d) {
   static_assert(!CLUSTER || (G == kTierBlock<G> && !GENERAL), "tier D: a block per CTA, no mask");
@@ -865,11 +941,11 @@ __global__ void __launch_bounds__(kTierBlock<G>, (CLUSTER ? kTierMinBlocks<G, (P
   __shared__ float2 cluster_slot[1];  // tier D: this CTA's (max, sum)
   const uint32_t r = CLUSTER ? blockIdx.x / cluster_blocks()
                              : blockIdx.x * (kTierBlock<G> / G) + threadIdx.x / G;
-  // kSlots: with_active_slots below (not for 16 chunks per thread: fp32's, at
-  // 168 registers, spilled 100 bytes with it). Whole rows: the G lanes of a row
-  // leave together, past active_slots (in which every lane of a warp takes
-  // part) where it applies.
-  constexpr bool kSlots = !GENERAL && !CLUSTER && P <= 8;
+  // No with_active_slots here, unlike the backward: the forward's bodies per
+  // count of active chunk slots measured no faster on the H200 (2026-11-27,
+  // 52d7cad against 3202c84: padded and causal rows of 1K-16K keys -10 % to
+  // +7 %, within the runs' spread; 128-key causal rows 10-13 % slower in every
+  // dtype) and doubled the tier kernels' code.
   const bool has_row = r < a.rows();  // always in tier D (its grid: rows x C CTAs)
   // The thread's first chunk in the row (its chunks are lane + G * k).
   const int lane = CLUSTER ? cluster_rank() * G * P + threadIdx.x : threadIdx.x % G;
@@ -882,7 +958,6 @@ __global__ void __launch_bounds__(kTierBlock<G>, (CLUSTER ? kTierMinBlocks<G, (P
   const T* __restrict__ xr = static_cast<const T*>(a.x) + pos.b * a.xs[0] + pos.h * a.xs[1] +
                              pos.i * a.xs[2];
   const int a0 = static_cast<int>(reinterpret_cast<uintptr_t>(o) / sizeof(T) % VEC);
-  const int slots = kSlots ? active_slots<T, G, P>(hi, a0) : P;
   if (!has_row) return;
   const float masked = LOG ? static_cast<float>(std::numeric_limits<T>::lowest()) : 0.f;
   const float bias_min = static_cast<float>(std::numeric_limits<T>::lowest());
@@ -909,16 +984,15 @@ __global__ void __launch_bounds__(kTierBlock<G>, (CLUSTER ? kTierMinBlocks<G, (P
                                         : static_cast<const float*>(a.sinks)[pos.b * a.ss[0] +
                                                                              pos.h * a.ss[1] +
                                                                              pos.i * a.ss[2]];
-  // The rest, for the chunk slots k < N that hold visible keys (below).
-  auto body = [&]<int N>() {
+  {
     const bool vec = same_alignment(xr, o);
     bool out[P];
-    outside_chunks<T, G, P, N>(lo, hi, lane, a0, out);
-    // v = the scores u (softcapped), -inf outside [lo, hi); chunks out[k] untouched.
-    auto load_scores = [&] {
-      const float scale2 = static_cast<float>(a.scale * kLog2e);
+    outside_chunks<T, G, P>(lo, hi, lane, a0, out);
+    // v = the scores u (softcapped, masked, biased), -inf outside [lo, hi);
+    // chunks out[k] untouched.
+    {
       RawRow<T, P> raw;
-      load_row<T, G, P, N>(xr, lo, hi, vec, lane, a0, raw);
+      load_row<T, G, P>(xr, lo, hi, vec, lane, a0, raw);
       // The bias's and the mask's loads now, in flight with x's: one round trip
       // to memory rather than three in a row (they came after x's unpack).
       const bool* mr = nullptr;
@@ -937,35 +1011,7 @@ __global__ void __launch_bounds__(kTierBlock<G>, (CLUSTER ? kTierMinBlocks<G, (P
           load_keep<T, G, P>(mr, lo, hi, mvec, lane, a0, mw);
         }
       }
-#pragma unroll
-      for (int k = 0; k < P; ++k) {
-        if (out[k]) continue;
-        const int p = (lane + G * k) * VEC - a0;
-        unpack_chunk(raw, k, v[k]);
-        if (raw.full[k]) {
-#pragma unroll
-          for (int e = 0; e < VEC; ++e) v[k][e] *= scale2;
-        } else {
-#pragma unroll
-          for (int e = 0; e < VEC; ++e) {
-            v[k][e] = lo <= p + e && p + e < hi ? v[k][e] * scale2 : kNegInf;
-          }
-        }
-      }
-      if (a.softcap > 0) {  // softcap * tanh(z / softcap) on the visible scores, in base 2
-        // (from the kernel's parameters here: held from the start, cap2 and
-        // its inverse were what spilled with with_active_slots' bodies)
-        const float cap2 = static_cast<float>(a.softcap * kLog2e), inv_cap2 = 1.f / cap2;
-#pragma unroll
-        for (int k = 0; k < P; ++k) {
-          if (out[k]) continue;
-          const int p = (lane + G * k) * VEC - a0;
-#pragma unroll
-          for (int e = 0; e < VEC; ++e) {
-            if (lo <= p + e && p + e < hi) v[k][e] = cap2 * tanhf(v[k][e] * inv_cap2);
-          }
-        }
-      }
+      x_scores<T, G, P>(raw, lo, hi, lane, a0, a.scale, a.softcap, out, v);
       if constexpr (GENERAL) {
         // Outside [lo, hi) the bias reads as 0 and the flags as false: -inf stays.
         if (a.bias != nullptr) {  // z + bias, -inf where bias <= finfo.min
@@ -990,8 +1036,7 @@ __global__ void __launch_bounds__(kTierBlock<G>, (CLUSTER ? kTierMinBlocks<G, (P
           }
         }
       }
-    };
-    load_scores();
+    }
     // GENERAL: bit k * VEC + e set where the score is -inf (x, mask or bias), for
     // a poisoned row (below), which then needs neither x, mask nor bias again: the
     // pointers and flags that a second read keeps live cost the 4-chunk mask /
@@ -1075,16 +1120,21 @@ __global__ void __launch_bounds__(kTierBlock<G>, (CLUSTER ? kTierMinBlocks<G, (P
       const RowNorm n = row_norm(m * kLn2, s, sink);
       if (n.poisoned) {
         // Rare: NaN at every visible position but those whose score is -inf,
-        // which the exps no longer tell apart: read the row again (GENERAL: the
-        // bits kept above).
-        if constexpr (!GENERAL) load_scores();
+        // which the exps no longer tell apart: the bits kept above, or (no mask
+        // or bias) x read again, out of line.
+        if constexpr (!GENERAL) {
+          store_poisoned_row<T, G, P>(xr, o, lo, hi, Tk, lane, a0, a.scale, a.softcap);
+          if constexpr (CLUSTER) cluster_done();
+          return;
+        } else {
 #pragma unroll
-        for (int k = 0; k < P; ++k) {
-          if (out[k]) continue;
+          for (int k = 0; k < P; ++k) {
+            if (out[k]) continue;
 #pragma unroll
-          for (int e = 0; e < VEC; ++e) {
-            const bool is_neg_inf = GENERAL ? (neg_inf >> (k * VEC + e)) & 1 : v[k][e] == kNegInf;
-            v[k][e] = is_neg_inf ? 0.f : std::numeric_limits<float>::quiet_NaN();
+            for (int e = 0; e < VEC; ++e) {
+              const bool is_neg_inf = (neg_inf >> (k * VEC + e)) & 1;
+              v[k][e] = is_neg_inf ? 0.f : std::numeric_limits<float>::quiet_NaN();
+            }
           }
         }
       } else {
@@ -1098,11 +1148,6 @@ __global__ void __launch_bounds__(kTierBlock<G>, (CLUSTER ? kTierMinBlocks<G, (P
       }
     }
     store_row<T, G, P>(o, Tk, lane, a0, v, out, masked);
-  };
-  if constexpr (kSlots) {
-    with_active_slots<P>(slots, body);
-  } else {
-    body.template operator()<P>();
   }
   if constexpr (CLUSTER) cluster_done();
 }
@@ -1512,17 +1557,6 @@ constexpr int kTierDMaxP = BACKWARD ? kTierMaxP<T> / 2 : 8;
 // 64K keys backward.
 template <typename T, bool BACKWARD>
 constexpr int64_t kTierDMaxChunks = int64_t(kClusterMax) * kClusterBlock * kTierDMaxP<T, BACKWARD>;
-// The forward's wide plan: 128 scores per thread (16 fp16 / bf16 chunks; one
-// CTA per SM, up to 255 registers) in clusters of fewer CTAs; 0: none (fp32's
-// 32 chunks spilled 184 bytes at 255 registers). Measured on the H200
-// (2026-11-27): 128 rows of 64K fp16 keys on clusters of 4 CTAs of 8 chunks
-// (118 registers, 2 CTAs per SM) got 62 clusters at once, not 66 (a cluster's
-// CTAs share a GPC): three rounds of rows (62 + 62 + 4), each latency-bound,
-// 1.79x the copy. Clusters of 2 at one CTA per SM hold 66 rows at once with
-// the same bytes per SM: two rounds.
-template <typename T, bool BACKWARD>
-constexpr int kTierDWideP = !BACKWARD && sizeof(T) == 2 ? 16 : 0;
-
 struct ClusterPlan {
   int C = 0, P = 0;  // CTAs per row, chunks per thread; C = 0: not tier D
 };
@@ -1533,11 +1567,13 @@ struct ClusterPlan {
 // the fewest CTAs of max_p chunks per thread that hold them; fewer rows than
 // SMs, with more than 1024 chunks, spread over twice the CTAs (half the chunks
 // per thread, at least 2) until they cover the SMs or reach 8 CTAs. Otherwise
-// the block tiers (C = 0). wide_p (0: none): where the plan holds max_p chunks
-// per thread and the CTAs of wide_p chunks still make clusters of 2 or more
-// and give every SM one, wide_p chunks per thread (kTierDWideP).
+// the block tiers (C = 0). (A wide plan, 16 fp16 chunks per thread in
+// clusters of half the CTAs at one CTA per SM, so that 128 rows of 64K keys
+// ran in two rounds of clusters instead of three, measured no faster on the
+// H200, 2026-11-27: 1.77x the copy against 1.79x; at 8 warps per SM half of
+// its cycles waited on instruction fetch.)
 inline ClusterPlan cluster_plan(int64_t rows, int64_t chunks, int64_t sms, int max_p,
-                                int64_t block_max, int wide_p = 0) {
+                                int64_t block_max) {
   if (chunks <= 1024 || chunks > int64_t(kClusterMax) * kClusterBlock * max_p ||
       (chunks <= block_max && rows >= sms) || rows * kClusterMax >= (int64_t(1) << 31)) {
     return {};
@@ -1547,8 +1583,6 @@ inline ClusterPlan cluster_plan(int64_t rows, int64_t chunks, int64_t sms, int m
   while (C < kClusterMax && rows * C < sms && chunks > int64_t(C) * kClusterBlock * 2) C *= 2;
   int P = 2;
   while (int64_t(C) * kClusterBlock * P < chunks) P *= 2;
-  const int wide_c = wide_p > max_p ? C * max_p / wide_p : 0;
-  if (P == max_p && wide_c >= 2 && rows * wide_c >= sms) return {wide_c, wide_p};
   return {C, P};
 }
 
@@ -1596,12 +1630,10 @@ bool launch_tier_d(const SoftmaxArgs& a, int64_t chunks, cudaStream_t stream) {
   // backward's 512-thread blocks of 4 chunks run two per SM at 64 registers
   // (32 warps) where tier D's 256-thread CTAs run three (72 registers, 24).
   constexpr int64_t kBlockMax = BACKWARD ? kTierMaxChunks<kMaxP> : kForwardTierMaxChunks;
-  constexpr int kWideP = kTierDWideP<T, BACKWARD>;
-  const ClusterPlan plan =
-      cluster_plan(a.rows(), chunks, cuda::sm_count(), kMaxP, kBlockMax, kWideP);
+  const ClusterPlan plan = cluster_plan(a.rows(), chunks, cuda::sm_count(), kMaxP, kBlockMax);
   bool launched = false;
   auto launch = [&]<int P>() {
-    if constexpr (P <= kMaxP || P == kWideP) {
+    if constexpr (P <= kMaxP) {
       if (plan.P != P) return;
       void (*kernel)(SoftmaxArgs, RowDiv);
       if constexpr (BACKWARD) {
@@ -1624,7 +1656,6 @@ bool launch_tier_d(const SoftmaxArgs& a, int64_t chunks, cudaStream_t stream) {
     launch.template operator()<2>();
     launch.template operator()<4>();
     launch.template operator()<8>();
-    launch.template operator()<16>();
   }
   return launched;
 }
