@@ -23,6 +23,7 @@ Before timing, maskext's logits are checked against eager's at the real tokens.
 import argparse
 import os
 import sys
+import time
 import warnings
 
 import torch
@@ -107,14 +108,22 @@ def peak_bytes(fn, device):
 
 
 def gpu_ms_and_syncs(fn, device):
-    """One call of fn on CUDA: the summed time of the kernels it ran (ms) and
-    the host syncs it made (``torch.cuda.set_sync_debug_mode``'s warnings).
-    When the wall time is well above the kernel time the model is host-bound,
-    and a sync, which waits for the previous step's kernels, costs the
-    overlap of this step's host work with them. (None, None) on the CPU."""
+    """One call of fn on CUDA: the summed time of the kernels it ran (ms), how
+    many it launched, the host syncs it made (``torch.cuda.set_sync_debug_mode``'s
+    warnings) and its host time (ms from the call to its return, the GPU idle
+    at the start: with no sync inside, the time the host needs to queue the
+    step). When the wall time is well above the kernel time the model is
+    host-bound: then the host time and the launches say which provider's host
+    work is the longer, and a sync, which waits for the previous step's
+    kernels, costs the overlap of this step's host work with them. Nones on
+    the CPU."""
     if device != "cuda":
-        return None, None
+        return None, None, None, None
     fn()  # warm: first-call costs are not the step's
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    host_ms = (time.perf_counter() - t0) * 1e3
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -129,8 +138,9 @@ def gpu_ms_and_syncs(fn, device):
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
-    us = sum(e.self_device_time_total for e in prof.key_averages())
-    return us / 1000, syncs
+    kernels = [e for e in prof.key_averages() if e.self_device_time_total > 0]
+    us = sum(e.self_device_time_total for e in kernels)
+    return us / 1000, sum(e.count for e in kernels), syncs, host_ms
 
 
 def main():
@@ -213,12 +223,11 @@ def main():
                 if peak is None:
                     fn()
             try:
-                kernel_ms, syncs = gpu_ms_and_syncs(fn, args.device)
+                diag = gpu_ms_and_syncs(fn, args.device)
             except Exception as e:  # a diagnostic: never lose the table for it
                 print(f"kernel time / syncs of {mode} {p} not measured: {e!r}", flush=True)
-                kernel_ms, syncs = None, None
-            rows.append((mode, p, times[mode, p], peak, mb.bytes if peak is None else None,
-                         kernel_ms, syncs))
+                diag = None, None, None, None
+            rows.append((mode, p, times[mode, p], peak, mb.bytes if peak is None else None, *diag))
             models[p].zero_grad(set_to_none=True)
 
     mem_col = "peak CUDA memory (MiB)" if cuda else "attention-mask bytes per forward"
@@ -227,17 +236,23 @@ def main():
              f"Llama-like: {args.layers} layers, hidden {args.hidden}, {args.heads}/{args.kv_heads} "
              f"heads; batch {B} x {T}, left padding; {args.dtype}. Median ms (the fastest of "
              f"{args.repeat} sweeps), and the multiple of eager's time in the same run.", "",
-             f"| mode | attn_implementation | ms | vs eager | {mem_col} | kernel ms | host syncs |",
-             "|---|---|---|---|---|---|---|"]
+             f"| mode | attn_implementation | ms | vs eager | {mem_col} | kernel ms | kernels "
+             "| host ms | host syncs |",
+             "|---|---|---|---|---|---|---|---|---|"]
     if cuda:
         lines[1] += (" kernel ms: the summed time of one call's CUDA kernels (well under ms: "
-                     "host-bound); host syncs: per call (`torch.cuda.set_sync_debug_mode`).")
+                     "host-bound), kernels: how many it launched; host ms: one call's time on the "
+                     "host, from an idle GPU; host syncs: per call "
+                     "(`torch.cuda.set_sync_debug_mode`).")
     base = {mode: ms for mode, p, ms, *_ in rows if p == "eager"}
-    for mode, p, ms, peak, per_call, kernel_ms, syncs in rows:
+    for mode, p, ms, peak, per_call, kernel_ms, launches, syncs, host_ms in rows:
         mem = f"{peak / 2**20:.0f}" if peak is not None else f"{per_call:,}"
         kms = "n/a" if kernel_ms is None else f"{kernel_ms:.1f}"
+        kn = "n/a" if launches is None else str(launches)
+        hms = "n/a" if host_ms is None else f"{host_ms:.1f}"
         sy = "n/a" if syncs is None else str(syncs)
-        lines.append(f"| {mode} | {p} | {ms:.1f} | {ms / base[mode]:.2f}x | {mem} | {kms} | {sy} |")
+        lines.append(f"| {mode} | {p} | {ms:.1f} | {ms / base[mode]:.2f}x | {mem} | {kms} | {kn} "
+                     f"| {hms} | {sy} |")
     md = "\n".join(lines) + "\n"
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "bench_hf.md"), "w") as f:
