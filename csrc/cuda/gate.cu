@@ -63,12 +63,12 @@ __device__ __forceinline__ void gate_grads(acc_t z, acc_t x, acc_t g, acc_t inv_
 // cost more instructions than the memory time of the element). VEC == 1: one
 // element at a time, any I and alignment.
 //
-// One chunk per thread and iteration, on up to 16 blocks per SM: the warps'
-// loads, sigmoids and stores interleave. (4 chunks per thread, steps then
-// loads then math, on a one-round grid of 24 warps per SM, ran 1.32x slower on
-// the H200, 2026-11-27: 2.03x its copy floor against 1.53x; the round's
-// sigmoids are compute the memory then waits on, with every warp in the same
-// phase.)
+// One chunk per thread and iteration, on a grid of up to 16 blocks per SM:
+// the warps' loads, sigmoids and stores interleave. (4 chunks per thread,
+// steps then loads then math, on a one-round grid of 24 warps per SM, ran
+// 1.32x slower on the H200, 2026-11-27: 2.03x its copy floor against 1.53x;
+// with every warp in the same phase, the memory sat idle while each round's
+// sigmoids were computed.)
 constexpr int kGateThreads = 256;
 
 template <typename T, int VEC>
