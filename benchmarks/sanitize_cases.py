@@ -57,10 +57,15 @@ def main():
     # 2 to 8 chunks per lane; in 30 rows (fewer than SMs) tier D on sm_90 from
     # 6000 fp32 / 12000 fp16 keys (2, 4 and 8 CTAs per row); in 156 rows (more
     # than SMs) 128 to 512 threads per row, and tier D by length (4 CTAs of 8
-    # chunks per thread).
-    for dtype, rows in itertools.product((torch.float16, torch.bfloat16, torch.float32), (30, 156)):
+    # chunks per thread); in 66 rows of 40000 fp16 keys (20000 fp32), where the
+    # GPU holds fewer clusters of 4 CTAs than rows, tier D's CTAs of 512
+    # threads in clusters of 2 (launch_tier_d; on the H100 and H200).
+    for dtype, rows in itertools.product((torch.float16, torch.bfloat16, torch.float32),
+                                         (30, 66, 156)):
         if rows == 30:
             lengths = (20, 40, 100, 200, 300, 600, 2000, 3000, 6000, 12000, 20000)
+        elif rows == 66:
+            lengths = (20000,) if dtype == torch.float32 else (40000,)
         else:
             lengths = (6000, 12000, 20000) if dtype == torch.float32 else (12000, 30000, 40000)
         for Tk in lengths:

@@ -417,7 +417,9 @@ def _cluster_sms():
 
 def _cluster(need, rows, max_p, block_max):
     """Tier D's ("D", CTAs per row, chunks per thread) for `rows` rows of `need`
-    16-byte chunks, None where it does not apply; mirrors cluster_plan."""
+    16-byte chunks, None where it does not apply; mirrors cluster_plan (whose
+    forward plans launch_tier_d may run on half as many CTAs of twice the
+    threads, by the GPU's occupancy)."""
     sms = _cluster_sms()
     if sms is None or need <= 1024 or need > 8 * 256 * max_p or (need <= block_max and rows >= sms):
         return None
@@ -593,8 +595,10 @@ def test_cuda_tier_active_slots(dtype):
 def test_cuda_tier_forward_many_rows(dtype, fill):
     """As many rows as SMs (or half), rows of more than 1024 chunks: the block
     tiers up to their longest rows (with fewer rows than SMs, tier D takes
-    them), then tier D by row length (4 and 8 CTAs of 8 chunks per thread;
-    2 CTAs of 4 and 8 chunks for half as many rows), then the split rows; x
+    them), then tier D by row length (4 and 8 CTAs of 8 chunks per thread,
+    or half as many CTAs of 512 threads where the GPU then holds the rows in
+    fewer rounds of clusters; 2 CTAs of 4 and 8 chunks for half as many rows),
+    then the split rows; x
     aligned and not, lengths 0, 1, Tk and between, causal with sinks. The
     backward likewise (its tier D holds rows of 64K keys)."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count

@@ -1542,8 +1542,9 @@ void launch_tier_forward(const SoftmaxArgs& a, int64_t chunks, cudaStream_t stre
 // Rows too long for one block's registers, or too few to fill the GPU with a
 // block each (a decode step: 128 rows of 64K fp16 keys; 16 rows of 32K on 132
 // SMs), held in the registers of a thread-block cluster (sm_90): C CTAs of
-// kClusterBlock threads, P chunks per thread, one read of the row and one
-// exchange of (max, sum) pairs in distributed shared memory (cluster_merge).
+// kClusterBlock threads (or C / 2 of kClusterWideBlock: launch_tier_d), P
+// chunks per thread, one read of the row and one exchange of (max, sum) pairs
+// in distributed shared memory (cluster_merge).
 // The forward and the backward (which holds y and dy: half the chunks per
 // thread). The split kernels (forward) and the general kernels, which read
 // the visible keys twice, remain for longer rows and for GPUs or builds
@@ -1561,17 +1562,17 @@ struct ClusterPlan {
   int C = 0, P = 0;  // CTAs per row, chunks per thread; C = 0: not tier D
 };
 
+// The forward's CTAs of twice the threads (launch_tier_d): the same chunks
+// per thread, clusters of half the CTAs.
+constexpr int kClusterWideBlock = 2 * kClusterBlock;
+
 // The plan for `rows` rows of `chunks` chunks on `sms` SMs, at most max_p
 // chunks per thread, where tier D replaces the block tiers for rows longer
 // than block_max chunks: those (up to 8 CTAs of max_p chunks per thread) take
 // the fewest CTAs of max_p chunks per thread that hold them; fewer rows than
 // SMs, with more than 1024 chunks, spread over twice the CTAs (half the chunks
 // per thread, at least 2) until they cover the SMs or reach 8 CTAs. Otherwise
-// the block tiers (C = 0). (A wide plan, 16 fp16 chunks per thread in
-// clusters of half the CTAs at one CTA per SM, so that 128 rows of 64K keys
-// ran in two rounds of clusters instead of three, measured no faster on the
-// H200, 2026-11-27: 1.77x the copy against 1.79x; at 8 warps per SM half of
-// its cycles waited on instruction fetch.)
+// the block tiers (C = 0).
 inline ClusterPlan cluster_plan(int64_t rows, int64_t chunks, int64_t sms, int max_p,
                                 int64_t block_max) {
   if (chunks <= 1024 || chunks > int64_t(kClusterMax) * kClusterBlock * max_p ||
@@ -1586,14 +1587,15 @@ inline ClusterPlan cluster_plan(int64_t rows, int64_t chunks, int64_t sms, int m
   return {C, P};
 }
 
-// The launch configuration of tier D: rows x C CTAs in clusters of C.
+// The launch configuration of tier D: rows x C CTAs of `threads` threads in
+// clusters of C.
 struct ClusterLaunch {
   cudaLaunchConfig_t cfg{};
   cudaLaunchAttribute cluster{};
   ClusterLaunch(const ClusterLaunch&) = delete;  // cfg points to cluster
-  ClusterLaunch(int64_t rows, int C, cudaStream_t stream) {
+  ClusterLaunch(int64_t rows, int C, int threads, cudaStream_t stream) {
     cfg.gridDim = dim3(static_cast<unsigned>(rows * C));
-    cfg.blockDim = dim3(kClusterBlock);
+    cfg.blockDim = dim3(threads);
     cfg.stream = stream;
     cluster.id = cudaLaunchAttributeClusterDimension;
     cluster.val.clusterDim.x = C;
@@ -1604,25 +1606,57 @@ struct ClusterLaunch {
   }
 };
 
-// Whether `kernel` can run here in clusters of C CTAs: the device launches
-// clusters, the kernel's code was built for sm_90 or later (a build for sm_80
-// only, run from its PTX, has no cluster code: cluster_merge traps), and a
-// cluster of C fits on the GPU.
+// How many clusters of C CTAs of `kernel` (`threads` threads each) the GPU
+// holds at once, 0 where it cannot run them: the device launches no clusters,
+// the kernel's code was built before sm_90 (a build for sm_80 only, run from
+// its PTX, has no cluster code: cluster_merge traps), or a cluster of C does
+// not fit. Asked of the runtime once per kernel and C (one architecture per
+// process).
 template <typename Kernel>
-bool cluster_fits(Kernel kernel, int C) {
-  int dev = 0, launch = 0, fits = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&dev));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&launch, cudaDevAttrClusterLaunch, dev));
-  cudaFuncAttributes attr{};
-  C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
-  if (launch == 0 || attr.ptxVersion < 90) return false;
-  ClusterLaunch l(1, C, nullptr);
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&fits, kernel, &l.cfg));
-  return fits > 0;
+int cluster_capacity(Kernel kernel, int C, int threads) {
+  static std::mutex mutex;
+  static std::map<std::pair<const void*, int>, int> known;
+  const std::pair<const void*, int> key{reinterpret_cast<const void*>(kernel), C};
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto it = known.find(key);
+  if (it == known.end()) {
+    int dev = 0, launch = 0, n = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&dev));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&launch, cudaDevAttrClusterLaunch, dev));
+    cudaFuncAttributes attr{};
+    C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+    if (launch != 0 && attr.ptxVersion >= 90) {
+      ClusterLaunch l(1, C, threads, nullptr);
+      C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n, kernel, &l.cfg));
+    }
+    it = known.emplace(key, n > 0 ? n : 0).first;
+  }
+  return it->second;
+}
+
+// Tier D's kernel of G threads per CTA and P chunks per thread.
+template <typename T, bool LOG, bool BACKWARD, int G, int P>
+auto tier_d_kernel() {
+  if constexpr (BACKWARD) {
+    return softmax_tier_backward_kernel<T, G, P, LOG, true>;
+  } else {
+    return softmax_tier_forward_kernel<T, G, P, LOG, false, true>;
+  }
 }
 
 // Launches tier D (forward, or BACKWARD) for the rows of `a` when
 // cluster_plan picks it and the GPU runs it; false: another kernel must.
+//
+// The forward's plans of the most chunks per thread (the decode step: 128
+// rows of 64K fp16 keys, clusters of 4 CTAs of 256 threads, 2 CTAs per SM)
+// take CTAs of 512 threads in clusters of 2 instead where the GPU then holds
+// the rows in fewer rounds of clusters: a cluster's CTAs share a GPC, and the
+// H200 held 62 clusters of 4 at once, not 66 (three rounds of rows, 62 + 62 +
+// 4, each latency-bound: 1.77-1.79x the copy, 2026-11-27), but 66 clusters of
+// 2 at one CTA per SM. The same chunks per thread and bytes per SM: only the
+// rounds change. (Clusters of 2 CTAs of 256 threads and 16 chunks per thread,
+// at 215 registers and 8 warps per SM, were no faster: half their cycles
+// waited on instruction fetch.)
 template <typename T, bool LOG, bool BACKWARD>
 bool launch_tier_d(const SoftmaxArgs& a, int64_t chunks, cudaStream_t stream) {
   constexpr int kMaxP = kTierDMaxP<T, BACKWARD>;
@@ -1631,31 +1665,39 @@ bool launch_tier_d(const SoftmaxArgs& a, int64_t chunks, cudaStream_t stream) {
   // (32 warps) where tier D's 256-thread CTAs run three (72 registers, 24).
   constexpr int64_t kBlockMax = BACKWARD ? kTierMaxChunks<kMaxP> : kForwardTierMaxChunks;
   const ClusterPlan plan = cluster_plan(a.rows(), chunks, cuda::sm_count(), kMaxP, kBlockMax);
+  const int64_t rows = a.rows();
+  auto launch = [&]<int G, int P>(int C) {
+    ClusterLaunch l(rows, C, G, stream);
+    const RowDiv d{cuda::FastDiv(a.Tq), cuda::FastDiv(a.H)};
+    C10_CUDA_CHECK(cudaLaunchKernelEx(&l.cfg, tier_d_kernel<T, LOG, BACKWARD, G, P>(), a, d));
+  };
   bool launched = false;
-  auto launch = [&]<int P>() {
+  auto try_p = [&]<int P>() {
     if constexpr (P <= kMaxP) {
       if (plan.P != P) return;
-      void (*kernel)(SoftmaxArgs, RowDiv);
-      if constexpr (BACKWARD) {
-        kernel = softmax_tier_backward_kernel<T, kClusterBlock, P, LOG, true>;
-      } else {
-        kernel = softmax_tier_forward_kernel<T, kClusterBlock, P, LOG, false, true>;
+      const int n = cluster_capacity(tier_d_kernel<T, LOG, BACKWARD, kClusterBlock, P>(), plan.C,
+                                     kClusterBlock);
+      if (n == 0) return;
+      if constexpr (!BACKWARD && P == kMaxP) {
+        if (plan.C >= 4) {
+          const int wide = cluster_capacity(
+              tier_d_kernel<T, LOG, BACKWARD, kClusterWideBlock, P>(), plan.C / 2,
+              kClusterWideBlock);
+          if (wide > 0 && (rows + wide - 1) / wide < (rows + n - 1) / n) {
+            launch.template operator()<kClusterWideBlock, P>(plan.C / 2);
+            launched = true;
+            return;
+          }
+        }
       }
-      // Asked once per kernel and C (one architecture per process): 0 not
-      // yet, 1 yes, -1 no.
-      static int fits[kClusterMax + 1] = {};
-      if (fits[plan.C] == 0) fits[plan.C] = cluster_fits(kernel, plan.C) ? 1 : -1;
-      if (fits[plan.C] < 0) return;
-      ClusterLaunch l(a.rows(), plan.C, stream);
-      const RowDiv d{cuda::FastDiv(a.Tq), cuda::FastDiv(a.H)};
-      C10_CUDA_CHECK(cudaLaunchKernelEx(&l.cfg, kernel, a, d));
+      launch.template operator()<kClusterBlock, P>(plan.C);
       launched = true;
     }
   };
   if (plan.C != 0) {
-    launch.template operator()<2>();
-    launch.template operator()<4>();
-    launch.template operator()<8>();
+    try_p.template operator()<2>();
+    try_p.template operator()<4>();
+    try_p.template operator()<8>();
   }
   return launched;
 }
