@@ -64,23 +64,29 @@ __global__ void __launch_bounds__(kFlatThreads, kFlatBlocksPerSM)
   T* out = static_cast<T*>(a.out);
   const uint4 fill = cuda::splat16(value);
   const int64_t per_step = a.I / VEC, chunks = a.B * a.M * a.T * per_step;
-  // A block's tile: kFlatUnroll x kFlatThreads consecutive chunks.
-  for (int64_t c0 = blockIdx.x * int64_t(kFlatThreads * kFlatUnroll) + threadIdx.x; c0 < chunks;
-       c0 += int64_t(gridDim.x) * kFlatThreads * kFlatUnroll) {
-    bool real[kFlatUnroll];
-    real_chunks<kFlatThreads>(a, d, per_step, chunks, c0, real);
+  // A block's tile: kFlatUnroll x kFlatThreads consecutive chunks. The next
+  // round's steps (their lengths' loads) are found while this round's loads
+  // are in flight: one round trip to memory per round, not two in a row.
+  const int64_t stride = int64_t(gridDim.x) * kFlatThreads * kFlatUnroll;
+  int64_t c0 = blockIdx.x * int64_t(kFlatThreads * kFlatUnroll) + threadIdx.x;
+  bool real[kFlatUnroll];
+  real_chunks<kFlatThreads>(a, d, per_step, chunks, c0, real);
+  for (; c0 < chunks; c0 += stride) {
     uint4 v[kFlatUnroll];
 #pragma unroll
     for (int j = 0; j < kFlatUnroll; ++j) {  // every load of the round before any store
       const int64_t c = c0 + j * kFlatThreads;
       if (real[j] && !in_place) v[j] = __ldg(reinterpret_cast<const uint4*>(x + c * VEC));
     }
+    bool next[kFlatUnroll];
+    real_chunks<kFlatThreads>(a, d, per_step, chunks, c0 + stride, next);
 #pragma unroll
     for (int j = 0; j < kFlatUnroll; ++j) {
       const int64_t c = c0 + j * kFlatThreads;
       if (c < chunks && !(real[j] && in_place)) {
         cuda::st_global_128(out + c * VEC, real[j] ? v[j] : fill);
       }
+      real[j] = next[j];
     }
   }
 }

@@ -45,8 +45,9 @@ __device__ __forceinline__ bool real_step(const PaddedArgs& a, const StepOf& d, 
   return t >= lo && t < hi;
 }
 
-// real[j]: chunk c0 + j * STRIDE exists (< chunks) and lies in a real step;
-// the U chunks of one thread's round, their steps found before any load.
+// real[j]: chunk c0 + j * STRIDE exists (< chunks) and lies in a real step:
+// the U chunks of one thread's round (found before the round's loads, or a
+// round ahead, while the current round's loads are in flight).
 template <int STRIDE, int U>
 __device__ __forceinline__ void real_chunks(const PaddedArgs& a, const StepOf& d,
                                             int64_t per_step, int64_t chunks, int64_t c0,
