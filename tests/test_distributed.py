@@ -65,6 +65,11 @@ def _worker(rank, world, init_file, out_file):
         _train(model, slice(rank * half, (rank + 1) * half))
         if rank == 0:
             torch.save(model.module.state_dict(), out_file)
+        # Both ranks done with gloo before either tears it down: a rank that
+        # destroyed the group while its peer's last all-reduce was still
+        # winding down aborted once ("terminate called without an active
+        # exception", SIGABRT) on the loaded 2-core CI machine.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
