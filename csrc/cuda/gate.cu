@@ -169,8 +169,7 @@ at::Tensor gate_cuda(const std::optional<at::Tensor>& x, const at::Tensor& logit
     scalar_t* op = out.data_ptr<scalar_t>();
     with_vec<scalar_t>(g.logits.args.I, {g.logits.args.x, xp, op}, [&]<int VEC>() {
       const int64_t chunks = out.numel() / VEC;
-      const auto kernel = gate_kernel<scalar_t, VEC>;
-      kernel<<<cuda::grid_for(chunks, kGateThreads), kGateThreads, 0, stream>>>(
+      gate_kernel<scalar_t, VEC><<<cuda::grid_for(chunks, kGateThreads), kGateThreads, 0, stream>>>(
           g.logits.args, step_of(g.logits.args, g.logits.args.I / VEC, chunks), xp, op,
           static_cast<at::opmath_type<scalar_t>>(inv_t), hard);
     });
@@ -198,8 +197,8 @@ std::tuple<at::Tensor, at::Tensor> gate_backward_cuda(const at::Tensor& grad,
     scalar_t* dzp = dlogits.data_ptr<scalar_t>();
     with_vec<scalar_t>(g.logits.args.I, {g.logits.args.x, xp, gp, dxp, dzp}, [&]<int VEC>() {
       const int64_t chunks = dlogits.numel() / VEC;
-      const auto kernel = gate_backward_kernel<scalar_t, VEC>;
-      kernel<<<cuda::grid_for(chunks, kGateThreads), kGateThreads, 0, stream>>>(
+      gate_backward_kernel<scalar_t, VEC>
+          <<<cuda::grid_for(chunks, kGateThreads), kGateThreads, 0, stream>>>(
           g.logits.args, step_of(g.logits.args, g.logits.args.I / VEC, chunks), xp, gp, dxp, dzp,
           static_cast<at::opmath_type<scalar_t>>(inv_t), hard);
     });

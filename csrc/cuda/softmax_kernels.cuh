@@ -1610,16 +1610,10 @@ struct ClusterLaunch {
 // holds at once, 0 where it cannot run them: the device launches no clusters,
 // the kernel's code was built before sm_90 (a build for sm_80 only, run from
 // its PTX, has no cluster code: cluster_merge traps), or a cluster of C does
-// not fit. Asked of the runtime once per kernel and C (one architecture per
-// process).
+// not fit. Asked once per kernel and C (cuda::once_per_kernel).
 template <typename Kernel>
 int cluster_capacity(Kernel kernel, int C, int threads) {
-  static std::mutex mutex;
-  static std::map<std::pair<const void*, int>, int> known;
-  const std::pair<const void*, int> key{reinterpret_cast<const void*>(kernel), C};
-  const std::lock_guard<std::mutex> lock(mutex);
-  auto it = known.find(key);
-  if (it == known.end()) {
+  return cuda::once_per_kernel(kernel, C, [&] {
     int dev = 0, launch = 0, n = 0;
     C10_CUDA_CHECK(cudaGetDevice(&dev));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&launch, cudaDevAttrClusterLaunch, dev));
@@ -1629,9 +1623,8 @@ int cluster_capacity(Kernel kernel, int C, int threads) {
       ClusterLaunch l(1, C, threads, nullptr);
       C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n, kernel, &l.cfg));
     }
-    it = known.emplace(key, n > 0 ? n : 0).first;
-  }
-  return it->second;
+    return n;
+  });
 }
 
 // Tier D's kernel of G threads per CTA and P chunks per thread.

@@ -245,22 +245,32 @@ inline int sm_count() {
   return n;
 }
 
-// Blocks of `threads` threads of `kernel` that fit on an SM at once (its
-// registers and shared memory), from the occupancy API, asked once per kernel
-// and block size: for grids of one round of blocks.
-template <typename Kernel>
-int blocks_per_sm(Kernel kernel, int threads) {
+// ask(), an occupancy-API answer about `kernel` for `key` (a block size, a
+// cluster size), asked once per kernel and key: the answer does not change
+// within a process (one architecture per process), and the runtime call is
+// not free on every launch. Each caller's `ask` is its own lambda type, so its
+// own table: two questions about one kernel and key never share an answer.
+template <typename Kernel, typename Ask>
+int once_per_kernel(Kernel kernel, int key, Ask&& ask) {
   static std::mutex mutex;
   static std::map<std::pair<const void*, int>, int> known;
-  const std::pair<const void*, int> key{reinterpret_cast<const void*>(kernel), threads};
+  const std::pair<const void*, int> k{reinterpret_cast<const void*>(kernel), key};
   const std::lock_guard<std::mutex> lock(mutex);
-  auto it = known.find(key);
-  if (it == known.end()) {
+  auto it = known.find(k);
+  if (it == known.end()) it = known.emplace(k, ask()).first;
+  return it->second;
+}
+
+// Blocks of `threads` threads of `kernel` that fit on an SM at once (its
+// registers and shared memory), from the occupancy API: for grids of one
+// round of blocks.
+template <typename Kernel>
+int blocks_per_sm(Kernel kernel, int threads) {
+  return once_per_kernel(kernel, threads, [&] {
     int n = 0;
     C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, 0));
-    it = known.emplace(key, n > 0 ? n : 1).first;
-  }
-  return it->second;
+    return n > 0 ? n : 1;
+  });
 }
 
 // Grid for a grid-stride loop over `work` items, `per_block` per block.
