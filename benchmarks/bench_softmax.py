@@ -32,6 +32,11 @@ for _name in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_lim
 # "softmax": an unmasked x.softmax(-1) of the same tensor (forward only), the
 # time people know; maskext reads only the visible keys, so it can be below it.
 PROVIDERS = ["maskext", "eager", "torch._masked_softmax", "torch.compile", "softmax", "copy"]
+# On CUDA also "maskext-unstreamed": maskext with MASKEXT_STREAM=0, the
+# register tiers' kernels of a block per row group instead of the streamed
+# tiers (the next row's copies in flight through this one), to measure one
+# against the other in the same run.
+UNSTREAMED = "maskext-unstreamed"
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 CUDA_SHAPES = [(16, 16, 1024, 1024), (4, 16, 1000, 1000), (2, 16, 4096, 4096),
@@ -106,6 +111,17 @@ def _checked(fns, ref, dtype):
     return fns
 
 
+def _unstreamed(fn):
+    """fn called with MASKEXT_STREAM=0 (read by maskext at each call)."""
+    def call():
+        os.environ["MASKEXT_STREAM"] = "0"
+        try:
+            return fn()
+        finally:
+            del os.environ["MASKEXT_STREAM"]
+    return call
+
+
 def forward_providers(x, L, causal, keep):
     y = torch.empty_like(x)
     keep_full = keep.expand_as(x)
@@ -114,6 +130,7 @@ def forward_providers(x, L, causal, keep):
     ref = maskext.masked_softmax(x, **kw)
     fns = {
         "maskext": lambda: maskext.masked_softmax(x, **kw),
+        UNSTREAMED: _unstreamed(lambda: maskext.masked_softmax(x, **kw)),
         "eager": lambda: _eager(x, keep),
         "torch._masked_softmax": lambda: torch._masked_softmax(x, ~keep_full, -1, 2),
         "torch.compile": lambda: compiled(x, keep),
@@ -141,6 +158,7 @@ def backward_providers(x, L, causal, keep):
     ref = bwd()
     fns = {
         "maskext": bwd,
+        UNSTREAMED: _unstreamed(bwd),
         "eager": lambda: torch._softmax_backward_data(dy, y, -1, x.dtype),
         "torch._masked_softmax": lambda: torch.ops.aten._masked_softmax_backward(dy, y, ~keep_full, -1),
         "torch.compile": lambda: compiled(dy, y),
@@ -165,6 +183,7 @@ def run(device="cpu", full=False, dtypes=None, shapes=None, out_dir=common.OUT_D
             and not (v == "mask" and pas == "backward")]
     if device == "cpu" and not full:  # keep the CPU demo short: no full-length rows
         plan = [p for p in plan if p[2] != "full"]
+    providers = PROVIDERS[:1] + [UNSTREAMED] + PROVIDERS[1:] if device == "cuda" else PROVIDERS
     env = common.env_info(device)
     name = f"softmax_{device}_{'-'.join(dtypes)}"
     cases = []
@@ -181,7 +200,7 @@ def run(device="cpu", full=False, dtypes=None, shapes=None, out_dir=common.OUT_D
             continue
         nbytes = x.numel() * x.element_size() * (2 if pas == "forward" else 3)
         case = common.Case(f"softmax {pas}", "x".join(map(str, shape)), dname, variant, nbytes)
-        for p in PROVIDERS:
+        for p in providers:
             try:
                 case.times[p] = common.time_ms(fns[p], device, min_run_time) if fns[p] else math.nan
             except _FAILURES as e:
@@ -189,11 +208,11 @@ def run(device="cpu", full=False, dtypes=None, shapes=None, out_dir=common.OUT_D
                 case.times[p] = math.nan
         cases.append(case)
         # Written after every case, so a run cut short still leaves its results.
-        common.write_results(name, cases, PROVIDERS, "copy", env, out_dir, plot=False)
+        common.write_results(name, cases, providers, "copy", env, out_dir, plot=False)
         del x, L, keep, fns
         if device == "cuda":
             torch.cuda.empty_cache()
-    return common.write_results(name, cases, PROVIDERS, "copy", env, out_dir)
+    return common.write_results(name, cases, providers, "copy", env, out_dir)
 
 
 def main():

@@ -46,7 +46,8 @@ def headline(rows):
     """Per dtype, one line per shape: maskext / floor (forward full, padded,
     causal+padded, mask (the padded rows as a bool mask); backward padded),
     eager / maskext and compile / maskext (forward padded; > 1: maskext is
-    faster)."""
+    faster), and the tier kernels' time (MASKEXT_STREAM=0) / the streamed
+    tiers' (padded, forward and backward; > 1: streaming is faster)."""
     def ratio(key, num, den):
         t = rows.get(key, {})
         a, b = t.get(num), t.get(den)
@@ -58,7 +59,7 @@ def headline(rows):
         if k[1] not in shapes:
             shapes.append(k[1])
     head = (f"{'shape':>18} | fwd full  pad  causal  mask (x floor) | eager/mx compile/mx (pad) "
-            f"| bwd pad x floor")
+            f"| bwd pad x floor | unstreamed/mx fwd bwd (pad)")
     for dt in dtypes:
         lines.append(f"-- {dt}")
         lines.append(head)
@@ -71,7 +72,9 @@ def headline(rows):
                 f" {_fmt(ratio(f('causal+padded'), 'maskext', 'copy'))} {_fmt(ratio(f('mask'), 'maskext', 'copy'))}"
                 f"           |"
                 f"   {_fmt(ratio(f('padded'), 'eager', 'maskext'))}    {_fmt(ratio(f('padded'), 'torch.compile', 'maskext'))}"
-                f"       | {_fmt(ratio(('backward', sh, dt, 'padded'), 'maskext', 'copy'))}")
+                f"       | {_fmt(ratio(('backward', sh, dt, 'padded'), 'maskext', 'copy'))}"
+                f"           | {_fmt(ratio(f('padded'), 'maskext-unstreamed', 'maskext'))}"
+                f" {_fmt(ratio(('backward', sh, dt, 'padded'), 'maskext-unstreamed', 'maskext'))}")
     return lines
 
 

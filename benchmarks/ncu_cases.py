@@ -15,22 +15,26 @@ Each case is launched twice: the first is a warm-up, ncu profiles both.
 `--device cpu` runs the same calls on the CPU (a check of this script).
 """
 import argparse
+import os
 
 import torch
 
 import maskext
 
-# (B, H, Tq, Tk), dtype, padded, backward
+# (B, H, Tq, Tk), dtype, padded, backward, streamed (False: MASKEXT_STREAM=0,
+# the register tiers' kernels of a block per row group)
 CASES = [
-    ((256, 8, 128, 128), torch.float16, False, False),
-    ((16, 16, 1024, 1024), torch.float16, False, False),
-    ((16, 16, 1024, 1024), torch.float16, True, False),
-    ((2, 16, 4096, 4096), torch.float16, False, False),
-    ((16, 16, 1024, 1024), torch.float16, True, True),
-    ((8, 16, 1, 65536), torch.float16, True, False),
+    ((256, 8, 128, 128), torch.float16, False, False, True),
+    ((16, 16, 1024, 1024), torch.float16, False, False, True),
+    ((16, 16, 1024, 1024), torch.float16, True, False, True),
+    ((16, 16, 1024, 1024), torch.float16, True, False, False),
+    ((2, 16, 4096, 4096), torch.float16, False, False, True),
+    ((16, 16, 1024, 1024), torch.float16, True, True, True),
+    ((8, 16, 1, 65536), torch.float16, True, False, True),
     # 2048 rows of 8K keys: the 8-chunk forward tier of 128-thread blocks, and
     # the backward where torch.compile's kernel was 1.22x faster (2026-11-27)
-    ((64, 32, 1, 8192), torch.float16, False, True),
+    ((64, 32, 1, 8192), torch.float16, False, True, True),
+    ((64, 32, 1, 8192), torch.float16, False, True, False),
 ]
 
 
@@ -38,7 +42,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
     dev = ap.parse_args().device
-    for shape, dtype, padded, backward in CASES:
+    for shape, dtype, padded, backward, streamed in CASES:
+        if streamed:
+            os.environ.pop("MASKEXT_STREAM", None)
+        else:
+            os.environ["MASKEXT_STREAM"] = "0"
         if dev == "cpu":  # the same calls, small
             shape = shape[:2] + (min(shape[2], 8), min(shape[3], 64))
         B, Tk = shape[0], shape[-1]
@@ -52,7 +60,9 @@ def main():
             else:
                 maskext.masked_softmax(x, lengths=L)
         print(f"ncu_cases: {tuple(shape)} {str(dtype)[6:]} {'padded' if padded else 'full'} "
-              f"{'backward' if backward else 'forward'}", flush=True)
+              f"{'backward' if backward else 'forward'}{'' if streamed else ' MASKEXT_STREAM=0'}",
+              flush=True)
+    os.environ.pop("MASKEXT_STREAM", None)
     if dev == "cuda":
         torch.cuda.synchronize()
     print("ncu_cases: ok")

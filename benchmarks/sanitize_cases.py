@@ -1,8 +1,8 @@
 """Exercises every CUDA kernel path once on small inputs, for compute-sanitizer
-(memcheck, racecheck): every register tier of the softmax (tiers A to D),
-warp-per-row and block-per-row softmax, fast and general (mask/bias) paths,
-odd alignments, forward and backward (and double backward), NaN and +inf rows,
-huge window sides, the mask, padding and gate kernels.
+(memcheck, racecheck): every register tier of the softmax (tiers A to D,
+streamed and not), warp-per-row and block-per-row softmax, fast and general
+(mask/bias) paths, odd alignments, forward and backward (and double backward),
+NaN and +inf rows, huge window sides, the mask, padding and gate kernels.
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python benchmarks/sanitize_cases.py
 
@@ -78,6 +78,23 @@ def main():
                     # detach(), not clone(): a clone of the view would be contiguous
                     xr = xx.detach().requires_grad_()
                     fn(xr, lengths=L, causal=True, q_lengths=QL, scale=0.5).backward(dy)
+    # The streamed tiers (rows 16-byte aligned, no mask or bias tensor) over
+    # more rows than one round of blocks holds: each block takes row after
+    # row, copying the next into shared memory (cp.async) while computing this
+    # one; a warp of 4-lane groups (tier A), a warp (B), a block (C: its
+    # reductions through shared memory, the backward's by row parity); lengths
+    # of every value (chunks that [lo, hi) cuts), fully masked rows, a NaN row.
+    sms = torch.cuda.get_device_properties(0).multi_processor_count if dev == "cuda" else 1
+    for dtype in (torch.float16, torch.float32):
+        for Tk, per_sm in ((40, 400), (1000, 40), (8192, 6)):
+            rows = 2 * sms * per_sm + 3  # about 2 rounds of blocks, the last partial
+            x = torch.randn(rows, 1, 1, Tk, device=dev, dtype=dtype)
+            x[rows // 2, 0, 0, 1] = float("nan")
+            L = torch.randint(0, Tk + 1, (rows,), device=dev)
+            sinks = torch.randn(1, device=dev)
+            for fn in (maskext.masked_softmax, maskext.masked_log_softmax):
+                xr = x.detach().requires_grad_()
+                fn(xr, lengths=L, sinks=sinks).backward(torch.randn_like(x))
     # Long rows (Tk > 65536) in few rows (fewer than the GPU has SMs), misaligned:
     # fp16 forward tier D (8 CTAs of 8 chunks) on sm_90, fp32 forward the split
     # kernels (no mask tensor: lengths; softcap and sinks), the backward and

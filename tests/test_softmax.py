@@ -622,6 +622,62 @@ def test_cuda_tier_forward_many_rows(dtype, fill):
 
 @_CUDA
 @pytest.mark.parametrize("dtype", _LOW)
+@pytest.mark.parametrize("backward", [False, True])
+def test_cuda_streamed_tiers_many_rows(dtype, backward, monkeypatch):
+    """More rows than one round of blocks holds, at each block tier's longest
+    row: the streamed tiers' blocks take row group after row group, copying
+    the next group's rows into shared memory (cp.async) while computing this
+    one's. The same as the tier kernels, a block per row group loading
+    straight into registers (MASKEXT_STREAM=0), to a rounding: softmax and
+    log-softmax, forward or forward and backward; lengths of every value
+    (chunks that [lo, hi) cuts), fully masked rows, a NaN row, causal rows
+    with sinks; and the reference on the first and last rows."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    longest = {}  # block tier -> its longest row
+    for Tk in tier_edges(dtype, backward, rows=10**6):
+        tier = _tier(Tk, dtype, backward, rows=10**6)
+        if tier is not None and tier[0] != "D":
+            longest[tier] = Tk
+    assert len(longest) >= 9, longest
+    for (g, _), Tk in longest.items():
+        Tq = 4
+        B = -(-3 * sms * (2048 // g) // Tq)  # 3x the rows an SM's 2048 threads hold at once
+        x = torch.randn(B, 1, Tq, Tk, device="cuda").mul(3).to(dtype)
+        L = torch.randint(0, Tk + 1, (B,), device="cuda")
+        L[:2] = torch.tensor([0, Tk])
+        L[B // 2] = Tk
+        x[B // 2, 0, 2, Tk // 2] = float("nan")  # that row's outputs all NaN
+        dy = torch.randn_like(x)
+        kws = (dict(lengths=L), dict(lengths=L, causal=True, scale=0.7,
+                                     sinks=torch.randn(1, 1, device="cuda")))
+        for fn, kw in itertools.product((maskext.masked_softmax, maskext.masked_log_softmax), kws):
+            outs = []
+            for stream in (True, False):
+                if stream:
+                    monkeypatch.delenv("MASKEXT_STREAM", raising=False)
+                else:
+                    monkeypatch.setenv("MASKEXT_STREAM", "0")
+                xg = x.detach().requires_grad_(backward)
+                y = fn(xg, **kw)
+                outs.append((y, torch.autograd.grad(y, xg, dy)[0]) if backward else (y,))
+            eps = torch.finfo(dtype).eps  # the same math: at most a rounding apart
+            for got, want in zip(*outs):
+                torch.testing.assert_close(got, want, rtol=2 * eps, atol=1e-6, equal_nan=True)
+            y = outs[0][0]
+            assert y[B // 2, 0, 2].isnan().sum() >= (Tk - Tq if "causal" in kw else Tk)
+            assert y[B // 2, 0, :2].isfinite().all() and y[B // 2 + 1:].isfinite().all()
+        monkeypatch.delenv("MASKEXT_STREAM", raising=False)
+        for rows in (slice(0, 8), slice(B - 8, B)):  # the first and the last row groups
+            for kw in kws:
+                kw = {k: (v[rows] if k == "lengths" else v) for k, v in kw.items()}
+                if backward:
+                    _check_grads(x[rows], dy[rows], **kw)
+                else:
+                    _check_softmax_and_log(x[rows], **kw)
+
+
+@_CUDA
+@pytest.mark.parametrize("dtype", _LOW)
 def test_cuda_split_rows(dtype):
     """Rows longer than the tiers (tier D included) and fewer than two per SM:
     the split kernels (launch_split_forward), each row over several blocks.

@@ -29,6 +29,8 @@
 #include <cooperative_groups.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 
@@ -921,6 +923,183 @@ __device__ __noinline__ void store_poisoned_row(const T* __restrict__ xr, T* __r
   store_row<T, G, P>(o, Tk, lane, a0, v, out, 0.f);
 }
 
+// Copies the chunks of row `src` that [lo, hi) touches into this thread's
+// slots `dst` (stride: the block's threads).
+template <typename T, int G, int P>
+__device__ __forceinline__ void copy_row_async(const T* __restrict__ src, int lo, int hi, int lane,
+                                               uint4* dst) {
+  constexpr int VEC = Vec16<T>::N;
+#pragma unroll
+  for (int k = 0; k < P; ++k) {
+    const int p = (lane + G * k) * VEC;
+    if (p < hi && p + VEC > lo) cuda::copy_async_16(dst + k * kTierBlock<G>, src + p);
+  }
+}
+
+// The chunks k < N that copy_row_async copied, from this thread's slots `src`
+// into raw, with load_row's meaning: full[k] for chunks inside [lo, hi), 0
+// outside [lo, hi).
+template <typename T, int G, int P, int N = P>
+__device__ __forceinline__ void read_row_slots(const uint4* src, int lo, int hi, int lane,
+                                               RawRow<T, P>& raw) {
+  constexpr int VEC = Vec16<T>::N;
+#pragma unroll
+  for (int k = 0; k < P; ++k) {
+    const int p = (lane + G * k) * VEC;
+    raw.full[k] = k < N && lo <= p && p + VEC <= hi;
+    uint4 u = make_uint4(0, 0, 0, 0);
+    if (k < N && p < hi && p + VEC > lo) u = src[k * kTierBlock<G>];
+    raw.w[k][0] = u.x;
+    raw.w[k][1] = u.y;
+    raw.w[k][2] = u.z;
+    raw.w[k][3] = u.w;
+    if (k < N && !raw.full[k]) {  // a chunk that [lo, hi) cuts: its keys outside are 0
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        if (!(lo <= p + e && p + e < hi)) {
+          if constexpr (sizeof(T) == 2) {
+            raw.w[k][e / 2] &= ~(0xffffu << (16 * (e % 2)));
+          } else {
+            raw.w[k][e] = 0;
+          }
+        }
+      }
+    }
+  }
+}
+
+// The rest of a forward tier's row once v holds its scores u in base 2 units
+// (softcapped, masked, biased; -inf outside [lo, hi); chunks out[k], wholly
+// outside, untouched): the exact max, one exp per element, the sum, the
+// normaliser, 128-bit stores. neg_inf (GENERAL): bit k * VEC + e set where
+// the score is -inf, for a poisoned row; without a mask or bias such a row
+// reads x again (xr, scale, softcap: store_poisoned_row), or (SLOTS: the
+// streamed tiers) its raw chunks still in this thread's shared-memory slots,
+// inline: in the streamed tiers' row loop the call kept the loop's registers
+// live across it and ptxas spilled 140-300 bytes (sm_90). part_max, part_sum:
+// tier C's shared arrays of the two reductions; cluster_slot: tier D's. The
+// caller ends tier D's CTA with cluster_done().
+template <typename T, int G, int P, bool LOG, bool GENERAL, bool CLUSTER, bool SLOTS = false>
+__device__ __forceinline__ void finish_forward_row(float (&v)[P][Vec16<T>::N], const bool (&out)[P],
+                                                   uint64_t neg_inf, float sink, unsigned mask,
+                                                   float* part_max, float* part_sum,
+                                                   float2* cluster_slot, const T* __restrict__ xr,
+                                                   T* __restrict__ o, int lo, int hi, int Tk,
+                                                   int lane, int a0, double scale, double softcap,
+                                                   const uint4* slots = nullptr) {
+  constexpr int VEC = Vec16<T>::N;
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  constexpr float kLn2 = 0.693147180559945309f;
+  const float masked = LOG ? static_cast<float>(std::numeric_limits<T>::lowest()) : 0.f;
+  // Max and sum by chunk, then across chunks: P short dependency chains
+  // instead of one of P * VEC.
+  float part_m[P];  // fmaxf skips NaN: a NaN score shows up in the sum
+#pragma unroll
+  for (int k = 0; k < P; ++k) {
+    part_m[k] = kNegInf;
+    if (out[k]) continue;
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) part_m[k] = fmaxf(part_m[k], v[k][e]);
+  }
+  float m = part_m[0];
+#pragma unroll
+  for (int k = 1; k < P; ++k) m = fmaxf(m, part_m[k]);
+  m = group_reduce<G>(m, mask, part_max, max_op);
+  const float m_block = m;  // tier D: this CTA's max, -inf when it has no finite score
+  if (m == kNegInf) m = 0.f;  // every score -inf: 2^(-inf - 0) = 0, no NaN
+  float part_s[P];
+  // The row's sum of 2^(u - m) and, in tier D, the row's max m and the factor
+  // 2^(m_block - m) that turns this CTA's exps into the row's.
+  float block_factor = 1.f;
+  auto row_sum = [&] {
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < P; ++k) s += part_s[k];
+    s = group_reduce<G>(s, mask, part_sum, sum_op);
+    if constexpr (CLUSTER) {
+      const float2 row = cluster_merge(make_float2(m_block, s), cluster_slot);
+      block_factor = s == 0.f ? 0.f : exp2f(m - row.x);  // s == 0: every exp here is 0
+      m = row.x == kNegInf ? 0.f : row.x;
+      s = row.y;
+    }
+    return s;
+  };
+  if constexpr (LOG) {
+#pragma unroll
+    for (int k = 0; k < P; ++k) {
+      part_s[k] = 0.f;
+      if (out[k]) continue;
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) part_s[k] += exp2_ftz(v[k][e] - m);
+    }
+    const float s = row_sum();
+    const RowNorm n = row_norm(m * kLn2, s, sink);
+#pragma unroll
+    for (int k = 0; k < P; ++k) {
+      if (out[k]) continue;
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        // (u - m) ln 2 = z - max z to the rounding of the subtraction, as in base e
+        const float y = (v[k][e] - m) * kLn2 - n.lse_m;  // below finfo.min: finfo.min; NaN stays
+        v[k][e] = v[k][e] == kNegInf || y < masked ? masked : y;
+      }
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < P; ++k) {
+      part_s[k] = 0.f;
+      if (out[k]) continue;
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        v[k][e] = exp2_ftz(v[k][e] - m);  // the one exp of each element
+        part_s[k] += v[k][e];
+      }
+    }
+    const float s = row_sum();
+    const RowNorm n = row_norm(m * kLn2, s, sink);
+    if (n.poisoned) {
+      // Rare: NaN at every visible position but those whose score is -inf,
+      // which the exps no longer tell apart: the bits kept above, or (no mask
+      // or bias) x read again, out of line.
+      if constexpr (SLOTS) {
+        RawRow<T, P> raw;
+        read_row_slots<T, G, P>(slots, lo, hi, lane, raw);
+        x_scores<T, G, P>(raw, lo, hi, lane, a0, scale, softcap, out, v);
+#pragma unroll
+        for (int k = 0; k < P; ++k) {
+          if (out[k]) continue;
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) {
+            v[k][e] = v[k][e] == kNegInf ? 0.f : std::numeric_limits<float>::quiet_NaN();
+          }
+        }
+      } else if constexpr (!GENERAL) {
+        store_poisoned_row<T, G, P>(xr, o, lo, hi, Tk, lane, a0, scale, softcap);
+        return;
+      } else {
+#pragma unroll
+        for (int k = 0; k < P; ++k) {
+          if (out[k]) continue;
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) {
+            const bool is_neg_inf = (neg_inf >> (k * VEC + e)) & 1;
+            v[k][e] = is_neg_inf ? 0.f : std::numeric_limits<float>::quiet_NaN();
+          }
+        }
+      }
+    } else {
+      const float c = n.c * block_factor;
+#pragma unroll
+      for (int k = 0; k < P; ++k) {
+        if (out[k]) continue;
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) v[k][e] *= c;
+      }
+    }
+  }
+  store_row<T, G, P>(o, Tk, lane, a0, v, out, masked);
+}
+
 // GENERAL: a mask and/or bias tensor (contiguous keys, tier_chunks) joins
 // the scores as they are loaded, by the rule of the general kernel's `score`.
 // CLUSTER (tier D, sm_90): a row over the CTAs of a thread-block cluster, CTA q
@@ -977,7 +1156,6 @@ __global__ void __launch_bounds__(kTierBlock<G>, (CLUSTER ? kTierMinBlocks<G, 8>
   // an instruction on ~70 % of cycles, so instructions per element set its pace
   // as much as DRAM). Chunks wholly outside [lo, hi) are neither read nor
   // computed: a padded or causal row costs fewer instructions, not only fewer bytes.
-  constexpr float kLn2 = 0.693147180559945309f;
   constexpr double kLog2e = 1.4426950408889634;
   // The sink's value, not its address, is what stays live (one register, not two).
   const float sink = a.sinks == nullptr ? kNegInf
@@ -1052,104 +1230,64 @@ __global__ void __launch_bounds__(kTierBlock<G>, (CLUSTER ? kTierMinBlocks<G, 8>
       }
     }
 
-    // Max and sum by chunk, then across chunks: P short dependency chains
-    // instead of one of P * VEC.
-    float part_m[P];  // fmaxf skips NaN: a NaN score shows up in the sum
-#pragma unroll
-    for (int k = 0; k < P; ++k) {
-      part_m[k] = kNegInf;
-      if (out[k]) continue;
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) part_m[k] = fmaxf(part_m[k], v[k][e]);
-    }
-    float m = part_m[0];
-#pragma unroll
-    for (int k = 1; k < P; ++k) m = fmaxf(m, part_m[k]);
-    m = group_reduce<G>(m, mask, part[0], max_op);
-    const float m_block = m;  // tier D: this CTA's max, -inf when it has no finite score
-    if (m == kNegInf) m = 0.f;  // every score -inf: 2^(-inf - 0) = 0, no NaN
-    float part_s[P];
-    // The row's sum of 2^(u - m) and, in tier D, the row's max m and the factor
-    // 2^(m_block - m) that turns this CTA's exps into the row's.
-    float block_factor = 1.f;
-    auto row_sum = [&] {
-      float s = 0.f;
-#pragma unroll
-      for (int k = 0; k < P; ++k) s += part_s[k];
-      s = group_reduce<G>(s, mask, part[1], sum_op);
-      if constexpr (CLUSTER) {
-        const float2 row = cluster_merge(make_float2(m_block, s), cluster_slot);
-        block_factor = s == 0.f ? 0.f : exp2f(m - row.x);  // s == 0: every exp here is 0
-        m = row.x == kNegInf ? 0.f : row.x;
-        s = row.y;
-      }
-      return s;
-    };
-    if constexpr (LOG) {
-#pragma unroll
-      for (int k = 0; k < P; ++k) {
-        part_s[k] = 0.f;
-        if (out[k]) continue;
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) part_s[k] += exp2_ftz(v[k][e] - m);
-      }
-      const float s = row_sum();
-      const RowNorm n = row_norm(m * kLn2, s, sink);
-#pragma unroll
-      for (int k = 0; k < P; ++k) {
-        if (out[k]) continue;
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-          // (u - m) ln 2 = z - max z to the rounding of the subtraction, as in base e
-          const float y = (v[k][e] - m) * kLn2 - n.lse_m;  // below finfo.min: finfo.min; NaN stays
-          v[k][e] = v[k][e] == kNegInf || y < masked ? masked : y;
-        }
-      }
-    } else {
-#pragma unroll
-      for (int k = 0; k < P; ++k) {
-        part_s[k] = 0.f;
-        if (out[k]) continue;
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-          v[k][e] = exp2_ftz(v[k][e] - m);  // the one exp of each element
-          part_s[k] += v[k][e];
-        }
-      }
-      const float s = row_sum();
-      const RowNorm n = row_norm(m * kLn2, s, sink);
-      if (n.poisoned) {
-        // Rare: NaN at every visible position but those whose score is -inf,
-        // which the exps no longer tell apart: the bits kept above, or (no mask
-        // or bias) x read again, out of line.
-        if constexpr (!GENERAL) {
-          store_poisoned_row<T, G, P>(xr, o, lo, hi, Tk, lane, a0, a.scale, a.softcap);
-          if constexpr (CLUSTER) cluster_done();
-          return;
-        } else {
-#pragma unroll
-          for (int k = 0; k < P; ++k) {
-            if (out[k]) continue;
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) {
-              const bool is_neg_inf = (neg_inf >> (k * VEC + e)) & 1;
-              v[k][e] = is_neg_inf ? 0.f : std::numeric_limits<float>::quiet_NaN();
-            }
-          }
-        }
-      } else {
-        const float c = n.c * block_factor;
-#pragma unroll
-        for (int k = 0; k < P; ++k) {
-          if (out[k]) continue;
-#pragma unroll
-          for (int e = 0; e < VEC; ++e) v[k][e] *= c;
-        }
-      }
-    }
-    store_row<T, G, P>(o, Tk, lane, a0, v, out, masked);
+    finish_forward_row<T, G, P, LOG, GENERAL, CLUSTER>(v, out, neg_inf, sink, mask, part[0],
+                                                       part[1], cluster_slot, xr, o, lo, hi, Tk,
+                                                       lane, a0, a.scale, a.softcap);
   }
   if constexpr (CLUSTER) cluster_done();
+}
+
+// The rest of a backward tier's row once yraw and graw hold its y and dy (0
+// outside [lo, hi); chunk slots k >= N lie past hi): the sum, dx, 128-bit
+// stores. part: tier C's shared array of the sum; cluster_slot: tier D's.
+template <typename T, int G, int P, int N, bool LOG, bool CLUSTER>
+__device__ __forceinline__ void finish_backward_row(const RawRow<T, P>& yraw,
+                                                    const RawRow<T, P>& graw, unsigned mask,
+                                                    float* part, float2* cluster_slot,
+                                                    T* __restrict__ o, int lo, int hi, int Tk,
+                                                    int lane, int a0, double scale) {
+  constexpr int VEC = Vec16<T>::N;
+  float v[P][VEC];
+  // Chunks wholly outside [lo, hi), as in the forward: neither read (load_row)
+  // nor computed, only written as 0 (the padded backward ran at the full
+  // row's time on the H200 while reading 25 % less: instructions per element).
+  bool out[P];
+  outside_chunks<T, G, P, N>(lo, hi, lane, a0, out);
+  const float ymin = static_cast<float>(std::numeric_limits<T>::lowest());
+  float dot = 0.f;
+#pragma unroll
+  for (int k = 0; k < P; ++k) {
+    if (out[k]) continue;
+    float yv[VEC], gv[VEC];
+    unpack_chunk(yraw, k, yv);
+    unpack_chunk(graw, k, gv);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) dot += LOG ? (yv[e] == ymin ? 0.f : gv[e]) : yv[e] * gv[e];
+  }
+  dot = group_reduce<G>(dot, mask, part, sum_op);
+  // tier D: with m = 0 the merge is a plain sum
+  if constexpr (CLUSTER) dot = cluster_merge(make_float2(0.f, dot), cluster_slot).y;
+  const float fscale = static_cast<float>(scale);
+#pragma unroll
+  for (int k = 0; k < P; ++k) {
+    if (out[k]) continue;
+    const int p = (lane + G * k) * VEC - a0;
+    float gv[VEC];
+    unpack_chunk(yraw, k, v[k]);
+    unpack_chunk(graw, k, gv);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      const float yv = v[k][e];
+      if constexpr (LOG) {
+        v[k][e] = yv == ymin ? 0.f : fscale * (gv[e] - fast_exp(yv) * dot);
+      } else {
+        v[k][e] = fscale * yv * (gv[e] - dot);
+      }
+      // dx is 0 outside [lo, hi), whatever dot is (NaN in a NaN row)
+      if (!yraw.full[k] && !(lo <= p + e && p + e < hi)) v[k][e] = 0.f;
+    }
+  }
+  store_row<T, G, P>(o, Tk, lane, a0, v, out, 0.f);
 }
 
 // Backward of the tiers: y and dy held in registers as raw bits (read once),
@@ -1195,52 +1333,213 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kTierBackwardMinBlocks<G, P, C
     RawRow<T, P> yraw, graw;  // 0 outside [lo, hi): adds nothing to the sums below
     load_row<T, G, P, N>(yr, lo, hi, vec, lane, a0, yraw);
     load_row<T, G, P, N>(gr, lo, hi, vec, lane, a0, graw);
-    // Chunks wholly outside [lo, hi), as in the forward: neither read (load_row)
-    // nor computed, only written as 0 (the padded backward ran at the full
-    // row's time on the H200 while reading 25 % less: instructions per element).
-    bool out[P];
-    outside_chunks<T, G, P, N>(lo, hi, lane, a0, out);
-    const float ymin = static_cast<float>(std::numeric_limits<T>::lowest());
-    float dot = 0.f;
-#pragma unroll
-    for (int k = 0; k < P; ++k) {
-      if (out[k]) continue;
-      float yv[VEC], gv[VEC];
-      unpack_chunk(yraw, k, yv);
-      unpack_chunk(graw, k, gv);
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) dot += LOG ? (yv[e] == ymin ? 0.f : gv[e]) : yv[e] * gv[e];
-    }
-    dot = group_reduce<G>(dot, mask, part, sum_op);
-    // tier D: with m = 0 the merge is a plain sum
-    if constexpr (CLUSTER) dot = cluster_merge(make_float2(0.f, dot), cluster_slot).y;
-    const float scale = static_cast<float>(a.scale);
-#pragma unroll
-    for (int k = 0; k < P; ++k) {
-      if (out[k]) continue;
-      const int p = (lane + G * k) * VEC - a0;
-      float gv[VEC];
-      unpack_chunk(yraw, k, v[k]);
-      unpack_chunk(graw, k, gv);
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) {
-        const float yv = v[k][e];
-        if constexpr (LOG) {
-          v[k][e] = yv == ymin ? 0.f : scale * (gv[e] - fast_exp(yv) * dot);
-        } else {
-          v[k][e] = scale * yv * (gv[e] - dot);
-        }
-        // dx is 0 outside [lo, hi), whatever dot is (NaN in a NaN row)
-        if (!yraw.full[k] && !(lo <= p + e && p + e < hi)) v[k][e] = 0.f;
-      }
-    }
-    store_row<T, G, P>(o, Tk, lane, a0, v, out, 0.f);
+    finish_backward_row<T, G, P, N, LOG, CLUSTER>(yraw, graw, mask, part, cluster_slot, o, lo, hi,
+                                                  Tk, lane, a0, a.scale);
   };
   if constexpr (CLUSTER) {
     body.template operator()<P>();
     cluster_done();
   } else {
     with_active_slots<P>(slots, body);
+  }
+}
+
+// ------------------------------------------------------------ streamed tiers
+//
+// The register tiers' rows without a mask or bias tensor (tiers A, B and C),
+// streamed: a grid of one round of blocks (as many as the SMs hold at once),
+// each taking its row groups g, g + gridDim.x, ... in turn and copying the
+// next group's rows into shared memory (cp.async) while it computes the
+// current one from registers. A block per row group, as the tier kernels
+// above run, has bytes in flight only while its warps wait for their loads;
+// then come the reductions, exps and stores with nothing in flight (Nsight
+// Compute, H200, 2026-11-27: the forward tiers bound by the rows in flight
+// per SM, padded rows of 1K keys, 27 % fewer bytes, in the time of full ones;
+// torch.compile's looped backward, two reads of each row, 1.22x faster than
+// the block-per-row tier at 2048 rows of 8K keys). Two stages of P 16-byte
+// chunks per thread (per tensor: x, or y and dy): the one being read into
+// registers and the one landing. Each thread copies and reads only its own
+// slots, so no barrier guards them.
+// For rows whose chunks are all 16-byte aligned in every tensor
+// (stream_prefetch): a chunk that [lo, hi) cuts lies inside the row and is
+// copied whole, its keys outside [lo, hi) masked in registers (as load_row
+// leaves them). Other rows (views whose rows are not aligned, Tk not a
+// multiple of the vector), and all with MASKEXT_STREAM=0, take the tier
+// kernels above (launch_tier).
+
+// Warps per SM that the streamed tiers' registers must allow, by chunks per
+// thread and direction: fewer than the tier kernels' (the row loop's state
+// and the next row's copies take registers through the row's math; ptxas
+// spilled 16-160 bytes at the tier kernels' budgets, none at these: sm_90,
+// 2026-11-27). The bytes in flight are the stages' in shared memory.
+// Log-softmax holds a little more (its forward 4- and 16-chunk tiers spilled
+// 32-40 bytes at 28 and 12 warps, its backward 2-chunk tier 4 at 36).
+template <int P, bool BACKWARD, bool LOG>
+constexpr int kStreamMinWarps =
+    BACKWARD ? (P == 1 ? 40 : P == 2 ? (LOG ? 32 : 36) : P == 4 ? 20 : 12)
+             : (P == 1 ? 40 : P == 2 ? 36 : P == 4 ? (LOG ? 24 : 28) : P == 8 ? 16 : LOG ? 8 : 12);
+// The tiers that are streamed: all but fp32's backward of 512 threads per row
+// and 8 chunks of y and dy per thread, which 128 registers per thread (the
+// most for 512 threads) do not hold without spilling.
+template <int G, int P, bool BACKWARD>
+constexpr bool kStreamed = !(BACKWARD && G == 512 && P == 8);
+template <int G, int P, bool BACKWARD, bool LOG>
+constexpr int kStreamMinBlocks = kStreamMinWarps<P, BACKWARD, LOG> * 32 / kTierBlock<G> > 0
+                                     ? kStreamMinWarps<P, BACKWARD, LOG> * 32 / kTierBlock<G>
+                                     : 1;
+
+// A row of a streamed block: r = rows() for none (past the last row, or past
+// the last group), and its visible interval. (A sink is loaded with the row:
+// it is needed only after the row's max and sum.)
+struct StreamRow {
+  uint32_t r;
+  int lo, hi;
+};
+
+// The row of this thread's group in row group g (kRows rows per group).
+template <int G, int kRows>
+__device__ __forceinline__ StreamRow stream_row(const SoftmaxArgs& a, const RowDiv& d,
+                                                int64_t g) {
+  const int64_t r = g * kRows + threadIdx.x / G;
+  StreamRow s{static_cast<uint32_t>(a.rows()), 0, 0};
+  if (r < a.rows()) {
+    s.r = static_cast<uint32_t>(r);
+    const TierRow pos = tier_row(s.r, d);
+    int64_t lo = 0, hi = 0;
+    row_bounds(a.spec, pos.b, pos.i, lo, hi);
+    s.lo = static_cast<int>(lo);
+    s.hi = static_cast<int>(hi);
+  }
+  return s;
+}
+
+// Row r of x (the scores, or dy), by its strides.
+template <typename T>
+__device__ __forceinline__ const T* x_row(const SoftmaxArgs& a, const RowDiv& d, uint32_t r) {
+  const TierRow pos = tier_row(r, d);
+  return static_cast<const T*>(a.x) + pos.b * a.xs[0] + pos.h * a.xs[1] + pos.i * a.xs[2];
+}
+
+// The forward of the streamed tiers (see above); the row math is the tier
+// kernel's (x_scores, finish_forward_row).
+template <typename T, int G, int P, bool LOG>
+__global__ void __launch_bounds__(kTierBlock<G>, (kStreamMinBlocks<G, P, false, LOG>))
+    softmax_stream_forward_kernel(SoftmaxArgs a, RowDiv d) {
+  constexpr int VEC = Vec16<T>::N, kB = kTierBlock<G>, kRows = kB / G;
+  extern __shared__ uint4 stream_slots[];  // [2 stages][P chunks][kB threads]
+  __shared__ float part[2][G > 32 ? G / 32 : 1];  // tier C: the max, then the sum
+  const int lane = threadIdx.x % G;
+  const unsigned mask = group_mask<G>();
+  const int Tk = static_cast<int>(a.Tk);
+  const int groups = static_cast<int>((a.rows() + kRows - 1) / kRows);  // rows < 2^31
+  auto row = [&](const StreamRow& s, const uint4* slots) {
+    T* __restrict__ o = static_cast<T*>(a.out) + static_cast<int64_t>(s.r) * a.Tk;
+    const TierRow pos = tier_row(s.r, d);
+    const float sink = a.sinks == nullptr ? -std::numeric_limits<float>::infinity()
+                                          : static_cast<const float*>(a.sinks)[pos.b * a.ss[0] +
+                                                                               pos.h * a.ss[1] +
+                                                                               pos.i * a.ss[2]];
+    constexpr int a0 = 0;  // every row starts 16-byte aligned (stream_prefetch)
+    float v[P][VEC];
+    if (s.lo >= s.hi) {  // fully masked row: its masked values, nothing read
+      const float masked = LOG ? static_cast<float>(std::numeric_limits<T>::lowest()) : 0.f;
+#pragma unroll
+      for (int k = 0; k < P; ++k) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) v[k][e] = masked;
+      }
+      store_row<T, G, P>(o, Tk, lane, a0, v);
+      return;
+    }
+    RawRow<T, P> raw;
+    read_row_slots<T, G, P>(slots, s.lo, s.hi, lane, raw);
+    bool out[P];
+    outside_chunks<T, G, P>(s.lo, s.hi, lane, a0, out);
+    x_scores<T, G, P>(raw, s.lo, s.hi, lane, a0, a.scale, a.softcap, out, v);
+    finish_forward_row<T, G, P, LOG, false, false, true>(v, out, 0, sink, mask, part[0],
+                                                         part[1], nullptr, nullptr, o, s.lo, s.hi,
+                                                         Tk, lane, a0, a.scale, a.softcap, slots);
+  };
+  // Two barriers per row (the max's, the sum's) keep part[] safe from one row
+  // to the next: a warp writes part[0] again only after every warp has passed
+  // the sum's barrier, so has read part[0].
+  uint4* const mine = stream_slots + threadIdx.x;
+  auto copy = [&](const StreamRow& s, uint4* dst) {
+    if (s.r < a.rows()) copy_row_async<T, G, P>(x_row<T>(a, d, s.r), s.lo, s.hi, lane, dst);
+    cuda::commit_async();
+  };
+  copy(stream_row<G, kRows>(a, d, blockIdx.x), mine);
+  int stage = 0;
+  for (int g = blockIdx.x; g < groups; g += gridDim.x) {  // the same trips in the block
+    // The next row's copies in flight through this one, into the stage read
+    // one row ago. The rows' bounds are found again rather than carried: held
+    // through the row's math, ptxas spilled them (kernel_report, sm_90).
+    copy(stream_row<G, kRows>(a, d, g + int64_t(gridDim.x)), mine + (stage ^ 1) * P * kB);
+    const StreamRow cur = stream_row<G, kRows>(a, d, g);
+    cuda::wait_async<1>();  // this row's copies have landed
+    if (cur.r < a.rows()) row(cur, mine + stage * P * kB);
+    stage ^= 1;
+  }
+}
+
+// The backward of the streamed tiers: y and dy through the stages (y's P
+// chunks, then dy's), the row math the tier kernel's (finish_backward_row),
+// by the count of active chunk slots as there.
+template <typename T, int G, int P, bool LOG>
+__global__ void __launch_bounds__(kTierBlock<G>, (kStreamMinBlocks<G, P, true, LOG>))
+    softmax_stream_backward_kernel(SoftmaxArgs a, RowDiv d) {
+  constexpr int VEC = Vec16<T>::N, kB = kTierBlock<G>, kRows = kB / G;
+  extern __shared__ uint4 stream_slots[];  // [2 stages][y, dy][P chunks][kB threads]
+  // tier C: the sum, one array per row parity (one barrier per row: a warp
+  // writes the next row's sum while another may still read this row's)
+  __shared__ float part[2][G > 32 ? G / 32 : 1];
+  const int lane = threadIdx.x % G;
+  const unsigned mask = group_mask<G>();
+  const int Tk = static_cast<int>(a.Tk);
+  const int groups = static_cast<int>((a.rows() + kRows - 1) / kRows);  // rows < 2^31
+  // Every lane of a warp calls it (active_slots' warp reduction for G < 32).
+  auto row = [&](const StreamRow& s, const uint4* slots, float* sum_part) {
+    const bool has = s.r < a.rows();
+    T* __restrict__ o = static_cast<T*>(a.out) + static_cast<int64_t>(has ? s.r : 0) * a.Tk;
+    constexpr int a0 = 0;  // every row starts 16-byte aligned (stream_prefetch)
+    const int n = active_slots<T, G, P>(has ? s.hi : 0, a0);
+    if (!has) return;
+    if (s.lo >= s.hi) {
+      float v[P][VEC];
+#pragma unroll
+      for (int k = 0; k < P; ++k) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) v[k][e] = 0.f;
+      }
+      store_row<T, G, P>(o, Tk, lane, a0, v);
+      return;
+    }
+    with_active_slots<P>(n, [&]<int N>() {
+      RawRow<T, P> yraw, graw;  // 0 outside [lo, hi): adds nothing to the sums
+      read_row_slots<T, G, P, N>(slots, s.lo, s.hi, lane, yraw);
+      read_row_slots<T, G, P, N>(slots + P * kB, s.lo, s.hi, lane, graw);
+      finish_backward_row<T, G, P, N, LOG, false>(yraw, graw, mask, sum_part, nullptr, o, s.lo,
+                                                  s.hi, Tk, lane, a0, a.scale);
+    });
+  };
+  uint4* const mine = stream_slots + threadIdx.x;
+  auto copy = [&](const StreamRow& s, uint4* dst) {
+    if (s.r < a.rows()) {
+      copy_row_async<T, G, P>(static_cast<const T*>(a.y) + static_cast<int64_t>(s.r) * a.Tk, s.lo,
+                              s.hi, lane, dst);
+      copy_row_async<T, G, P>(x_row<T>(a, d, s.r), s.lo, s.hi, lane, dst + P * kB);
+    }
+    cuda::commit_async();
+  };
+  copy(stream_row<G, kRows>(a, d, blockIdx.x), mine);
+  int stage = 0;
+  for (int g = blockIdx.x; g < groups; g += gridDim.x) {  // the same trips in the block
+    // as in the forward: the next row in flight, the bounds found again
+    copy(stream_row<G, kRows>(a, d, g + int64_t(gridDim.x)), mine + (stage ^ 1) * 2 * P * kB);
+    const StreamRow cur = stream_row<G, kRows>(a, d, g);
+    cuda::wait_async<1>();  // this row's copies have landed
+    row(cur, mine + stage * 2 * P * kB, part[stage]);
+    stage ^= 1;
   }
 }
 
@@ -1521,19 +1820,76 @@ void launch_split_forward(const SoftmaxArgs& a, int S, cudaStream_t stream) {
 template <typename T>
 constexpr int kTierMaxP = std::is_same_v<T, double> ? 0 : (sizeof(T) == 4 ? 16 : 8);
 
-// The forward tier kernel for rows of `chunks` chunks, with (GENERAL) or
-// without a mask or bias tensor: at most 8 chunks per thread with one.
-template <typename T, bool LOG, bool GENERAL>
-void launch_tier_forward(const SoftmaxArgs& a, int64_t chunks, cudaStream_t stream) {
+// The mask/bias tier kernel for rows of `chunks` chunks: at most 8 chunks
+// per thread.
+template <typename T, bool LOG>
+void launch_tier_forward_general(const SoftmaxArgs& a, int64_t chunks, cudaStream_t stream) {
   const RowDiv d{cuda::FastDiv(a.Tq), cuda::FastDiv(a.H)};
-  with_forward_tier<GENERAL ? 8 : kTierMaxP<T>>(chunks, [&]<int G, int P>() {
-    if constexpr (!GENERAL || G * P <= kGeneralTierMaxChunks) {  // else never picked
+  with_forward_tier<8>(chunks, [&]<int G, int P>() {
+    if constexpr (G * P <= kGeneralTierMaxChunks) {  // else never picked
       constexpr int kRows = kTierBlock<G> / G;  // rows per block
       const int64_t grid = (a.rows() + kRows - 1) / kRows;
-      softmax_tier_forward_kernel<T, G, P, LOG, GENERAL>
+      softmax_tier_forward_kernel<T, G, P, LOG, true>
           <<<static_cast<unsigned>(grid), kTierBlock<G>, 0, stream>>>(a, d);
     }
   });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Whether the streamed tiers take the rows of `a` (see there): Tk a multiple
+// of the vector and the rows of x (and y) 16-byte aligned, as out's are; a
+// GPU with cp.async (sm_80 or later); and not turned off by MASKEXT_STREAM=0
+// (then the tier kernels: the two measured against each other).
+template <typename T>
+bool stream_prefetch(const SoftmaxArgs& a) {
+  constexpr int VEC = Vec16<T>::N;
+  const char* env = std::getenv("MASKEXT_STREAM");
+  if ((env != nullptr && std::strcmp(env, "0") == 0) || cuda::compute_major() < 8) return false;
+  if (a.Tk % VEC != 0 || reinterpret_cast<uintptr_t>(a.x) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(a.y) % 16 != 0) {
+    return false;
+  }
+  const int64_t sizes[3] = {a.B, a.H, a.Tq};
+  for (int i = 0; i < 3; ++i) {
+    if (sizes[i] > 1 && a.xs[i] % VEC != 0) return false;
+  }
+  return true;
+}
+
+// The register tier of G threads per row and P chunks per thread, forward
+// or BACKWARD: streamed (one round of blocks: the occupancy API, with the
+// stages' shared memory) where stream_prefetch allows and the stages fit; else
+// the tier kernels, a block per row group.
+template <typename T, bool LOG, bool BACKWARD, int G, int P>
+void launch_tier(const SoftmaxArgs& a, cudaStream_t stream) {
+  constexpr int kB = kTierBlock<G>, kRows = kB / G;
+  const RowDiv d{cuda::FastDiv(a.Tq), cuda::FastDiv(a.H)};
+  const int64_t groups = (a.rows() + kRows - 1) / kRows;
+  if constexpr (kStreamed<G, P, BACKWARD>) {
+    if (stream_prefetch<T>(a)) {
+      const auto kernel = [] {
+        if constexpr (BACKWARD) {
+          return softmax_stream_backward_kernel<T, G, P, LOG>;
+        } else {
+          return softmax_stream_forward_kernel<T, G, P, LOG>;
+        }
+      }();
+      const int smem = 2 * (BACKWARD ? 2 : 1) * P * kB * 16;
+      if (const int per_sm = cuda::blocks_per_sm(kernel, kB, smem)) {
+        const int64_t grid = std::min<int64_t>(groups, int64_t(per_sm) * cuda::sm_count());
+        kernel<<<static_cast<unsigned>(grid), kB, smem, stream>>>(a, d);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        return;
+      }
+    }
+  }
+  if constexpr (BACKWARD) {
+    softmax_tier_backward_kernel<T, G, P, LOG>
+        <<<static_cast<unsigned>(groups), kB, 0, stream>>>(a, d);
+  } else {
+    softmax_tier_forward_kernel<T, G, P, LOG, false>
+        <<<static_cast<unsigned>(groups), kB, 0, stream>>>(a, d);
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -1700,7 +2056,7 @@ bool launch_tier_d(const SoftmaxArgs& a, int64_t chunks, cudaStream_t stream) {
 // to 126 s when they joined it, and the files compile in parallel).
 template <typename T, bool LOG>
 void launch_masked_tier_forward(const SoftmaxArgs& a, int64_t chunks, cudaStream_t stream) {
-  launch_tier_forward<T, LOG, true>(a, chunks, stream);
+  launch_tier_forward_general<T, LOG>(a, chunks, stream);
 }
 
 // The one place that picks a kernel: without a mask or bias tensor, tier D
@@ -1722,7 +2078,8 @@ void launch_softmax_forward(const SoftmaxArgs& a, cudaStream_t stream) {
       if (general) {
         launch_masked_tier_forward<T, LOG>(a, chunks, stream);
       } else {
-        launch_tier_forward<T, LOG, false>(a, chunks, stream);
+        with_forward_tier<kTierMaxP<T>>(
+            chunks, [&]<int G, int P>() { launch_tier<T, LOG, false, G, P>(a, stream); });
       }
       return;
     }
@@ -1759,14 +2116,8 @@ void launch_softmax_backward(const SoftmaxArgs& a, cudaStream_t stream) {
     const int64_t long_chunks = tier_chunks<T>(a, kTierDMaxChunks<T, true>);
     if (long_chunks != 0 && launch_tier_d<T, LOG, true>(a, long_chunks, stream)) return;
     if (const int64_t chunks = tier_chunks<T>(a, kTierMaxChunks<kTierMaxP<T> / 2>)) {
-      const RowDiv d{cuda::FastDiv(a.Tq), cuda::FastDiv(a.H)};
-      with_tier<kTierMaxP<T> / 2>(chunks, [&]<int G, int P>() {
-        constexpr int kRows = kTierBlock<G> / G;  // rows per block
-        const int64_t grid = (a.rows() + kRows - 1) / kRows;
-        softmax_tier_backward_kernel<T, G, P, LOG>
-            <<<static_cast<unsigned>(grid), kTierBlock<G>, 0, stream>>>(a, d);
-      });
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      with_tier<kTierMaxP<T> / 2>(
+          chunks, [&]<int G, int P>() { launch_tier<T, LOG, true, G, P>(a, stream); });
       return;
     }
   }

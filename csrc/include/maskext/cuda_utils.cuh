@@ -235,15 +235,22 @@ struct FastDiv {
   }
 };
 
-inline int sm_count() {
-  static int count[64] = {0};
+// An attribute of the current device (a positive number), asked once per device.
+template <cudaDeviceAttr kAttr>
+int device_attribute() {
+  static int value[64] = {0};
   const int dev = c10::cuda::current_device();
-  if (dev < 64 && count[dev] > 0) return count[dev];
+  if (dev < 64 && value[dev] > 0) return value[dev];
   int n = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-  if (dev < 64) count[dev] = n;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, kAttr, dev));
+  if (dev < 64) value[dev] = n;
   return n;
 }
+
+inline int sm_count() { return device_attribute<cudaDevAttrMultiProcessorCount>(); }
+
+// The compute capability's major number (8: sm_80).
+inline int compute_major() { return device_attribute<cudaDevAttrComputeCapabilityMajor>(); }
 
 // ask(), an occupancy-API answer about `kernel` for `key` (a block size, a
 // cluster size), asked once per kernel and key: the answer does not change
@@ -251,10 +258,10 @@ inline int sm_count() {
 // not free on every launch. Each caller's `ask` is its own lambda type, so its
 // own table: two questions about one kernel and key never share an answer.
 template <typename Kernel, typename Ask>
-int once_per_kernel(Kernel kernel, int key, Ask&& ask) {
+int once_per_kernel(Kernel kernel, int64_t key, Ask&& ask) {
   static std::mutex mutex;
-  static std::map<std::pair<const void*, int>, int> known;
-  const std::pair<const void*, int> k{reinterpret_cast<const void*>(kernel), key};
+  static std::map<std::pair<const void*, int64_t>, int> known;
+  const std::pair<const void*, int64_t> k{reinterpret_cast<const void*>(kernel), key};
   const std::lock_guard<std::mutex> lock(mutex);
   auto it = known.find(k);
   if (it == known.end()) it = known.emplace(k, ask()).first;
@@ -271,6 +278,59 @@ int blocks_per_sm(Kernel kernel, int threads) {
     C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, 0));
     return n > 0 ? n : 1;
   });
+}
+
+// As blocks_per_sm for blocks of `threads` threads and `smem` bytes of dynamic
+// shared memory, 0 where not one fits. Past the 48 KB that a kernel gets
+// unasked, the kernel is allowed `smem` here (cudaFuncSetAttribute, which
+// holds for the current device: asked once per kernel, size and device), and
+// it prefers the SM's largest shared-memory carveout.
+template <typename Kernel>
+int blocks_per_sm(Kernel kernel, int threads, int smem) {
+  const int dev = c10::cuda::current_device();
+  return once_per_kernel(kernel, (int64_t(dev) << 40) | (int64_t(smem) << 12) | threads, [&] {
+    int optin = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    if (smem > optin) return 0;
+    if (smem > 48 * 1024) {
+      C10_CUDA_CHECK(
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    }
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                        cudaSharedmemCarveoutMaxShared));
+    int n = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, smem));
+    return n;
+  });
+}
+
+// cp.async (sm_80 and later): 16 bytes from global to shared memory, through
+// neither registers nor L1, in flight until wait_async; commit_async closes
+// this thread's group of copies; wait_async<N>: all of this thread's groups
+// but the N newest have landed (and are visible to this thread). Before sm_80:
+// a load and a store, nothing left to wait for.
+__device__ __forceinline__ void copy_async_16(void* smem, const void* gmem) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n"
+               :
+               : "r"(static_cast<unsigned>(__cvta_generic_to_shared(smem))), "l"(gmem)
+               : "memory");
+#else
+  *static_cast<uint4*>(smem) = __ldg(static_cast<const uint4*>(gmem));
+#endif
+}
+
+__device__ __forceinline__ void commit_async() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+template <int N>
+__device__ __forceinline__ void wait_async() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
 }
 
 // Grid for a grid-stride loop over `work` items, `per_block` per block.
