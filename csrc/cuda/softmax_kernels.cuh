@@ -1059,8 +1059,8 @@ __device__ __forceinline__ void finish_forward_row(float (&v)[P][Vec16<T>::N], c
     const RowNorm n = row_norm(m * kLn2, s, sink);
     if (n.poisoned) {
       // Rare: NaN at every visible position but those whose score is -inf,
-      // which the exps no longer tell apart: the bits kept above, or (no mask
-      // or bias) x read again, out of line.
+      // which the exps no longer tell apart: from the row's slots (SLOTS), the
+      // bits kept above (GENERAL), or x read again, out of line.
       if constexpr (SLOTS) {
         RawRow<T, P> raw;
         read_row_slots<T, G, P>(slots, lo, hi, lane, raw);
