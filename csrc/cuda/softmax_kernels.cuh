@@ -3,7 +3,9 @@
 // Register tiers (below, "register tiers"): fp16 and bf16 rows of up to 32K
 // keys, fp32 rows of up to 16K (backward: 16K for all; with a mask or bias
 // tensor, whose keys must be contiguous: 16K and 8K), are read once into
-// registers.
+// registers; without a mask or bias, rows 16-byte aligned are streamed (the
+// next row copied into shared memory while this one is computed: "streamed
+// tiers").
 // Tier D (sm_90, no mask or bias): rows too long for a block, up to 128K
 // fp16 / bf16 keys and 64K fp32, or too few to fill the GPU, over the CTAs of
 // a thread-block cluster, read once (cluster_plan).
@@ -1364,8 +1366,8 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kTierBackwardMinBlocks<G, P, C
 // (stream_prefetch): a chunk that [lo, hi) cuts lies inside the row and is
 // copied whole, its keys outside [lo, hi) masked in registers (as load_row
 // leaves them). Other rows (views whose rows are not aligned, Tk not a
-// multiple of the vector), and all with MASKEXT_STREAM=0, take the tier
-// kernels above (launch_tier).
+// multiple of the vector), GPUs before sm_80 (no cp.async), and all rows
+// under MASKEXT_STREAM=0 take the tier kernels above (launch_tier).
 
 // Warps per SM that the streamed tiers' registers must allow, by chunks per
 // thread and direction: fewer than the tier kernels' (the row loop's state
