@@ -895,6 +895,26 @@ __device__ __forceinline__ void x_scores(const RawRow<T, P>& raw, int lo, int hi
   }
 }
 
+// The softmax of a poisoned row (a NaN or +inf visible score or sink) from its
+// raw chunks: 0 where the score is -inf, NaN at the other visible positions;
+// chunks out[k] untouched.
+template <typename T, int G, int P>
+__device__ __forceinline__ void poisoned_outputs(const RawRow<T, P>& raw, int lo, int hi, int lane,
+                                                 int a0, double scale, double softcap,
+                                                 const bool (&out)[P],
+                                                 float (&v)[P][Vec16<T>::N]) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  x_scores<T, G, P>(raw, lo, hi, lane, a0, scale, softcap, out, v);
+#pragma unroll
+  for (int k = 0; k < P; ++k) {
+    if (out[k]) continue;
+#pragma unroll
+    for (int e = 0; e < Vec16<T>::N; ++e) {
+      v[k][e] = v[k][e] == kNegInf ? 0.f : std::numeric_limits<float>::quiet_NaN();
+    }
+  }
+}
+
 // The softmax of a poisoned row without a mask or bias tensor (rare: a NaN or
 // +inf visible score or sink): 0 where the score is -inf, NaN at the other
 // visible positions, 0 outside. The exps no longer tell a -inf score
@@ -907,21 +927,12 @@ __device__ __noinline__ void store_poisoned_row(const T* __restrict__ xr, T* __r
                                                 int hi, int Tk, int lane, int a0, double scale,
                                                 double softcap) {
   constexpr int VEC = Vec16<T>::N;
-  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   bool out[P];
   outside_chunks<T, G, P>(lo, hi, lane, a0, out);
   RawRow<T, P> raw;
   load_row<T, G, P>(xr, lo, hi, same_alignment(xr, o), lane, a0, raw);
   float v[P][VEC];
-  x_scores<T, G, P>(raw, lo, hi, lane, a0, scale, softcap, out, v);
-#pragma unroll
-  for (int k = 0; k < P; ++k) {
-    if (out[k]) continue;
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) {
-      v[k][e] = v[k][e] == kNegInf ? 0.f : std::numeric_limits<float>::quiet_NaN();
-    }
-  }
+  poisoned_outputs<T, G, P>(raw, lo, hi, lane, a0, scale, softcap, out, v);
   store_row<T, G, P>(o, Tk, lane, a0, v, out, 0.f);
 }
 
@@ -1066,15 +1077,7 @@ __device__ __forceinline__ void finish_forward_row(float (&v)[P][Vec16<T>::N], c
       if constexpr (SLOTS) {
         RawRow<T, P> raw;
         read_row_slots<T, G, P>(slots, lo, hi, lane, raw);
-        x_scores<T, G, P>(raw, lo, hi, lane, a0, scale, softcap, out, v);
-#pragma unroll
-        for (int k = 0; k < P; ++k) {
-          if (out[k]) continue;
-#pragma unroll
-          for (int e = 0; e < VEC; ++e) {
-            v[k][e] = v[k][e] == kNegInf ? 0.f : std::numeric_limits<float>::quiet_NaN();
-          }
-        }
+        poisoned_outputs<T, G, P>(raw, lo, hi, lane, a0, scale, softcap, out, v);
       } else if constexpr (!GENERAL) {
         store_poisoned_row<T, G, P>(xr, o, lo, hi, Tk, lane, a0, scale, softcap);
         return;
