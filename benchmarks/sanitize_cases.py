@@ -86,7 +86,7 @@ def main():
     # of every value (chunks that [lo, hi) cuts), fully masked rows, a NaN row.
     sms = torch.cuda.get_device_properties(0).multi_processor_count if dev == "cuda" else 1
     for dtype in (torch.float16, torch.float32):
-        # rows per SM: 1.4-2 rounds of blocks (on an H100 or H200), the last
+        # rows per SM: 1.4-3 rounds of blocks (on an H100 or H200), the last
         # partial, few enough for racecheck's time budget
         for Tk, per_sm in ((40, 200), (1000, 20), (8192, 3)):
             rows = 2 * sms * per_sm + 3
