@@ -856,6 +856,19 @@ __device__ __forceinline__ void store_row(T* __restrict__ o, int Tk, int lane, i
   store_row<T, G, P>(o, Tk, lane, a0, v, none, 0.f);
 }
 
+// A fully masked row: `masked` everywhere, nothing read.
+template <typename T, int G, int P>
+__device__ __forceinline__ void store_masked_row(T* __restrict__ o, int Tk, int lane, int a0,
+                                                 float masked) {
+  float v[P][Vec16<T>::N];
+#pragma unroll
+  for (int k = 0; k < P; ++k) {
+#pragma unroll
+    for (int e = 0; e < Vec16<T>::N; ++e) v[k][e] = masked;
+  }
+  store_row<T, G, P>(o, Tk, lane, a0, v);
+}
+
 // The scores of x's raw chunks in base-2 units, u = log2(e) * scale * x
 // (softcapped), -inf outside [lo, hi); chunks out[k] untouched.
 template <typename T, int G, int P>
@@ -1145,16 +1158,11 @@ __global__ void __launch_bounds__(kTierBlock<G>, (CLUSTER ? kTierMinBlocks<G, 8>
   if (!has_row) return;
   const float masked = LOG ? static_cast<float>(std::numeric_limits<T>::lowest()) : 0.f;
   const float bias_min = static_cast<float>(std::numeric_limits<T>::lowest());
-  float v[P][VEC];
   if (lo >= hi) {  // fully masked row: its masked values, nothing read
-#pragma unroll
-    for (int k = 0; k < P; ++k) {
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) v[k][e] = masked;
-    }
-    store_row<T, G, P>(o, Tk, lane, a0, v);
+    store_masked_row<T, G, P>(o, Tk, lane, a0, masked);
     return;
   }
+  float v[P][VEC];
 
   // The scores in base-2 units, u = log2(e) * z, so that exp(z - m) = 2^(u - max u)
   // is one FADD and one MUFU.EX2 (Nsight Compute on the H200: this kernel issued
@@ -1322,14 +1330,8 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kTierBackwardMinBlocks<G, P, C
   const int a0 = static_cast<int>(reinterpret_cast<uintptr_t>(o) / sizeof(T) % VEC);
   const int slots = CLUSTER ? P : active_slots<T, G, P>(hi, a0);
   if (!has_row) return;
-  float v[P][VEC];
   if (lo >= hi) {
-#pragma unroll
-    for (int k = 0; k < P; ++k) {
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) v[k][e] = 0.f;
-    }
-    store_row<T, G, P>(o, Tk, lane, a0, v);
+    store_masked_row<T, G, P>(o, Tk, lane, a0, 0.f);
     return;
   }
   // The rest, for the chunk slots k < N that hold visible keys (as in the forward).
@@ -1445,17 +1447,12 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kStreamMinBlocks<G, P, false, 
                                                                                pos.h * a.ss[1] +
                                                                                pos.i * a.ss[2]];
     constexpr int a0 = 0;  // every row starts 16-byte aligned (stream_prefetch)
-    float v[P][VEC];
     if (s.lo >= s.hi) {  // fully masked row: its masked values, nothing read
-      const float masked = LOG ? static_cast<float>(std::numeric_limits<T>::lowest()) : 0.f;
-#pragma unroll
-      for (int k = 0; k < P; ++k) {
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) v[k][e] = masked;
-      }
-      store_row<T, G, P>(o, Tk, lane, a0, v);
+      store_masked_row<T, G, P>(o, Tk, lane, a0,
+                                LOG ? static_cast<float>(std::numeric_limits<T>::lowest()) : 0.f);
       return;
     }
+    float v[P][VEC];
     RawRow<T, P> raw;
     read_row_slots<T, G, P>(slots, s.lo, s.hi, lane, raw);
     bool out[P];
@@ -1493,7 +1490,7 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kStreamMinBlocks<G, P, false, 
 template <typename T, int G, int P, bool LOG>
 __global__ void __launch_bounds__(kTierBlock<G>, (kStreamMinBlocks<G, P, true, LOG>))
     softmax_stream_backward_kernel(SoftmaxArgs a, RowDiv d) {
-  constexpr int VEC = Vec16<T>::N, kB = kTierBlock<G>, kRows = kB / G;
+  constexpr int kB = kTierBlock<G>, kRows = kB / G;
   extern __shared__ uint4 stream_slots[];  // [2 stages][y, dy][P chunks][kB threads]
   // tier C: the sum, one array per row parity (one barrier per row: a warp
   // writes the next row's sum while another may still read this row's)
@@ -1510,13 +1507,7 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kStreamMinBlocks<G, P, true, L
     const int n = active_slots<T, G, P>(has ? s.hi : 0, a0);
     if (!has) return;
     if (s.lo >= s.hi) {
-      float v[P][VEC];
-#pragma unroll
-      for (int k = 0; k < P; ++k) {
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) v[k][e] = 0.f;
-      }
-      store_row<T, G, P>(o, Tk, lane, a0, v);
+      store_masked_row<T, G, P>(o, Tk, lane, a0, 0.f);
       return;
     }
     with_active_slots<P>(n, [&]<int N>() {
