@@ -13,64 +13,76 @@ namespace {
 
 using cuda::Vec16;
 
-// VEC values of a 16-byte chunk of row positions [p, p + VEC): keep inside
-// [lo, hi), masked outside, as one uint4 (whole chunks inside or outside are
-// splats; only a chunk that lo or hi cuts is built element by element).
-template <typename T>
-__device__ __forceinline__ uint4 mask_chunk(int64_t p, int64_t lo, int64_t hi, T keep, T masked,
-                                            uint4 keep16, uint4 masked16) {
-  constexpr int VEC = Vec16<T>::N;
-  if (p >= lo && p + VEC <= hi) return keep16;
-  if (p + VEC <= lo || p >= hi) return masked16;
-  T v[VEC];
-#pragma unroll
-  for (int e = 0; e < VEC; ++e) v[e] = (p + e >= lo && p + e < hi) ? keep : masked;
-  uint4 u;
-  memcpy(&u, v, 16);
-  return u;
+// The low n bytes of 8 set, for n in [0, 8].
+__device__ __forceinline__ uint64_t low_bytes(int n) {
+  return n >= 8 ? ~uint64_t(0) : (uint64_t(1) << (8 * n)) - 1;
 }
 
-// Rows that start 16-byte aligned (cols % VEC == 0): a warp writes R
-// consecutive rows (R <= 32, rows_per_warp below), whose bounds its lanes find
-// at once, lane j those of row j; then the lanes write the rows' chunks with
-// 128-bit stores, row after row (rows of 32 chunks or more) or spread over
-// the R rows (shorter rows, which would leave lanes idle). Finding the row per
-// chunk, from a flat index, took three 64-bit divisions and row_bounds per 16
-// bytes (2.4-3.7x the time of fill_ on an H200); a warp per row then took the
-// same 12.5 us for 16K rows of 1 KB (bool) as of 2 KB (fp16), 1.41x fill_ for
-// bool: each warp waited for its one row's bounds, in two rounds of warps.
+// VEC values of a 16-byte chunk of row positions [p, p + VEC): keep inside
+// [lo, hi), masked outside, as one uint4. Whole chunks inside or outside are
+// splats; a chunk that lo or hi cuts selects keep16's bytes under a byte mask
+// of [lo, hi). Built element by element, with a 64-bit compare pair each, that
+// chunk took ~150 instructions (bool, sm_90 SASS) in the one lane per row it
+// falls to, while the warp's 31 other lanes waited: 16K rows of 1 KB then cost
+// more issue slots than their stores (1.41x fill_ on an H200, RESULTS.md).
+template <typename T>
+__device__ __forceinline__ uint4 mask_chunk(int p, int lo, int hi, uint4 keep16, uint4 masked16) {
+  constexpr int VEC = Vec16<T>::N, S = static_cast<int>(sizeof(T));
+  if (p >= lo && p + VEC <= hi) return keep16;
+  if (p + VEC <= lo || p >= hi) return masked16;
+  const int b0 = (lo > p ? lo - p : 0) * S, b1 = (hi - p < VEC ? hi - p : VEC) * S;  // bytes
+  const uint64_t m0 = low_bytes(b1 < 8 ? b1 : 8) & ~low_bytes(b0 < 8 ? b0 : 8);
+  const uint64_t m1 = low_bytes(b1 > 8 ? b1 - 8 : 0) & ~low_bytes(b0 > 8 ? b0 - 8 : 0);
+  const auto pick = [](uint32_t k, uint32_t m, uint32_t mask) { return (k & mask) | (m & ~mask); };
+  return make_uint4(pick(keep16.x, masked16.x, static_cast<uint32_t>(m0)),
+                    pick(keep16.y, masked16.y, static_cast<uint32_t>(m0 >> 32)),
+                    pick(keep16.z, masked16.z, static_cast<uint32_t>(m1)),
+                    pick(keep16.w, masked16.w, static_cast<uint32_t>(m1 >> 32)));
+}
+
+// Rows that start 16-byte aligned (cols % VEC == 0; cols < 2^31, so positions
+// in a row are 32-bit): a warp writes R consecutive rows (R <= 32,
+// rows_per_warp below), whose bounds its lanes find at once, lane j those of
+// row j; then the lanes write the rows' chunks with 128-bit stores, row after
+// row (rows of 32 chunks or more) or spread over the R rows (shorter rows,
+// which would leave lanes idle). Finding the row per chunk, from a flat index,
+// took three 64-bit divisions and row_bounds per 16 bytes (2.4-3.7x the time
+// of fill_ on an H200).
 template <typename T>
 __global__ void interval_mask_rows_kernel(IntervalMaskArgs a, int R, T keep, T masked) {
   constexpr int VEC = Vec16<T>::N;
   T* out = static_cast<T*>(a.out);
   const uint4 keep16 = cuda::splat16(keep), masked16 = cuda::splat16(masked);
-  const int64_t cpr = a.cols / VEC;  // chunks per row
+  const int cols = static_cast<int>(a.cols), cpr = cols / VEC;  // chunks per row
   const int lane = threadIdx.x % 32;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
   for (int64_t r0 = (blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32) * R;
        r0 < a.rows; r0 += warps * R) {  // r0 is the same in every lane: the shuffles see all 32
-    int64_t lo = 0, hi = 0;
+    int lo = 0, hi = 0;
     if (lane < R && r0 + lane < a.rows) {
-      row_bounds(a.spec, (r0 + lane) / a.spec.q_len, (r0 + lane) % a.spec.q_len, lo, hi);
+      int64_t lo64, hi64;  // in [0, cols]
+      row_bounds(a.spec, (r0 + lane) / a.spec.q_len, (r0 + lane) % a.spec.q_len, lo64, hi64);
+      lo = static_cast<int>(lo64);
+      hi = static_cast<int>(hi64);
     }
     const int n = static_cast<int>(a.rows - r0 < R ? a.rows - r0 : R);
     if (cpr >= 32) {
       for (int j = 0; j < n; ++j) {
-        const int64_t rlo = __shfl_sync(0xffffffffu, lo, j), rhi = __shfl_sync(0xffffffffu, hi, j);
+        const int rlo = __shfl_sync(0xffffffffu, lo, j), rhi = __shfl_sync(0xffffffffu, hi, j);
         T* o = out + (r0 + j) * a.cols;
-        for (int64_t p = static_cast<int64_t>(lane) * VEC; p < a.cols; p += 32 * VEC) {
-          cuda::st_global_128(o + p, mask_chunk<T>(p, rlo, rhi, keep, masked, keep16, masked16));
+        for (int p = lane * VEC; p < cols; p += 32 * VEC) {
+          cuda::st_global_128(o + p, mask_chunk<T>(p, rlo, rhi, keep16, masked16));
         }
       }
     } else {  // rows of fewer chunks than lanes: the lanes spread over the n rows' chunks
-      const int c = static_cast<int>(cpr), total = n * c;
+      const int total = n * cpr;
       for (int q0 = 0; q0 < total; q0 += 32) {  // the same trips in every lane
-        const int q = q0 + lane, j = (q < total ? q : total - 1) / c;
-        const int64_t rlo = __shfl_sync(0xffffffffu, lo, j), rhi = __shfl_sync(0xffffffffu, hi, j);
-        const int64_t p = static_cast<int64_t>(q - j * c) * VEC;
+        const int q = q0 + lane, j = (q < total ? q : total - 1) / cpr;
+        const int rlo = __shfl_sync(0xffffffffu, lo, j), rhi = __shfl_sync(0xffffffffu, hi, j);
+        const int p = (q - j * cpr) * VEC;
         if (q < total) {
           cuda::st_global_128(out + (r0 + j) * a.cols + p,
-                              mask_chunk<T>(p, rlo, rhi, keep, masked, keep16, masked16));
+                              mask_chunk<T>(p, rlo, rhi, keep16, masked16));
         }
       }
     }
@@ -136,7 +148,7 @@ void write_interval_mask_cuda(const IntervalMaskArgs& a, const at::Tensor& out) 
     constexpr int threads = 256;
     constexpr int VEC = Vec16<scalar_t>::N;
     const scalar_t keep = static_cast<scalar_t>(a.keep), masked = static_cast<scalar_t>(a.masked);
-    if (a.cols % VEC == 0 && reinterpret_cast<uintptr_t>(a.out) % 16 == 0) {
+    if (a.cols % VEC == 0 && a.cols <= INT32_MAX && reinterpret_cast<uintptr_t>(a.out) % 16 == 0) {
       // (its 40-48 registers allow 42-51 resident warps per SM, not 64: kernel_report.py)
       const int per_sm = cuda::blocks_per_sm(interval_mask_rows_kernel<scalar_t>, kRowsBlock);
       const int R = rows_per_warp(a.rows, int64_t(cuda::sm_count()) * per_sm * (kRowsBlock / 32));
