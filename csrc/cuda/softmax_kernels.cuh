@@ -45,6 +45,7 @@ namespace maskext {
 namespace {
 
 
+using cuda::exp2_ftz;
 using cuda::Vec16;
 constexpr int kBlock = 256;     // threads per block, warp-per-row kernels
 constexpr int kLongBlock = 512; // threads per block (= per row) for long rows
@@ -640,15 +641,6 @@ __device__ __forceinline__ RowNorm row_norm(float m, float s, float k) {
   const float mk = k > m ? k : m;  // a NaN sink gives s' NaN below
   const float sk = s * fast_exp(m - mk) + fast_exp(k - mk);
   return {fast_exp(m - mk) / sk, (mk - m) + logf(sk), sk != sk};
-}
-
-// 2^x in one MUFU.EX2: exp2f and __expf add a range fix-up (a compare and two
-// predicated multiplies) to keep results below 2^-126, which a probability of
-// that size does not need: flushed to 0 here. 2^-inf = 0, 2^NaN = NaN.
-__device__ __forceinline__ float exp2_ftz(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
 }
 
 // P chunks of 16 bytes per lane as raw bits; `full[k]`: chunk k lies inside

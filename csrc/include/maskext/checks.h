@@ -140,8 +140,10 @@ IntervalMaskProblem prepare_attention_mask(const at::Tensor& lengths, const Mask
 
 // Data padded along `dim` (B, ..., T, ...), viewed contiguous as (B, M, T, I):
 // M = the dims between the batch and `dim`, I = the dims after it.
+// spec: lengths and left_pad only, q_len 1, k_len T, so that the real steps
+// row_bounds(spec, b, 0) are length_bounds(spec, b).
 struct PaddedArgs {
-  RowSpec spec;  // q_len = 1, k_len = T: row_bounds(spec, b, 0) gives the real steps
+  RowSpec spec;
   int64_t B = 0, M = 0, T = 0, I = 0;
   const void* x = nullptr;
   void* out = nullptr;

@@ -103,6 +103,15 @@ __device__ __forceinline__ void unpack16(uint4 u, A (&v)[Vec16<T>::N]) {
   }
 }
 
+// 2^x in one MUFU.EX2: exp2f and __expf add a range fix-up (a compare and two
+// predicated multiplies) to keep results below 2^-126, which a probability or
+// a gate of that size does not need: flushed to 0 here. 2^-inf = 0, 2^NaN = NaN.
+__device__ __forceinline__ float exp2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // One 128-bit global store; p must be 16-byte aligned. Read in the SASS of
 // the softmax kernels: a struct of eight halves is copied as eight 2-byte
 // stores, a uint4 assigned through a uint4* became four 4-byte stores there,

@@ -90,6 +90,18 @@ MASKEXT_HD bool rows_alike(const RowSpec& s) {
          s.window_right < 0 && s.chunk <= 0 && s.prefix == nullptr && s.prefix_value <= 0;
 }
 
+// The keys [lo, hi) that lengths (and left_pad) alone leave visible in batch
+// element b: row_bounds' first step, and all of it for a spec of lengths only
+// (the padded ops' PaddedArgs), whose per-chunk kernels skip the rest's checks.
+MASKEXT_HD void length_bounds(const RowSpec& s, int64_t b, int64_t& lo, int64_t& hi) {
+  lo = 0;
+  hi = s.k_len;
+  if (s.lengths != nullptr) {
+    const int64_t len = clamp_i64(load_length(s.lengths, s.lengths64, b), 0, s.k_len);
+    if (s.left_pad) lo = s.k_len - len; else hi = len;
+  }
+}
+
 // Visible keys [lo, hi) of query row i of batch element b; lo == hi == 0 means
 // the row is fully masked. Always 0 <= lo, hi <= k_len, whatever the lengths hold
 // (lengths are clamped to [0, k_len]: a length past the row means "all real").
@@ -104,16 +116,11 @@ MASKEXT_HD bool rows_alike(const RowSpec& s) {
 // window and chunk say. Everything else (lengths, q_lengths, segments)
 // combines by intersection.
 MASKEXT_HD void row_bounds(const RowSpec& s, int64_t b, int64_t i, int64_t& lo, int64_t& hi) {
-  lo = 0;
-  hi = s.k_len;
   if (s.q_lengths != nullptr && i >= load_length(s.q_lengths, s.q_lengths64, b)) {
-    hi = 0;
+    lo = hi = 0;
     return;
   }
-  if (s.lengths != nullptr) {
-    const int64_t len = clamp_i64(load_length(s.lengths, s.lengths64, b), 0, s.k_len);
-    if (s.left_pad) lo = s.k_len - len; else hi = len;
-  }
+  length_bounds(s, b, lo, hi);
   const int64_t off = s.q_offset != nullptr
       ? clamp_i64(load_length(s.q_offset, s.q_offset64, b), -kPosMax, kPosMax)
       : s.q_offset_value;
