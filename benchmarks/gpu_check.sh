@@ -191,7 +191,7 @@ if want fp16; then
 fi
 # Nsight Compute on a few softmax launches: DRAM throughput, occupancy and
 # warp stalls, to test the rule the first GPU run suggested (RESULTS.md).
-want ncu && step "ncu: softmax kernels (throughput, occupancy, stalls)"
+want ncu && step "ncu: softmax, mask and gate kernels (throughput, occupancy, stalls)"
 NCU="$(command -v ncu || true)"
 for d in "${CUDA_HOME:-}" /usr/local/cuda /opt/nvidia/nsight-compute/*; do
   [ -z "$NCU" ] && [ -n "$d" ] && [ -x "$d/ncu" ] && NCU="$d/ncu"
@@ -203,7 +203,7 @@ elif [ "$DRY" = 1 ]; then
   result "exit $? (dry run: the cases on the CPU, no ncu)"
 elif [ -n "$NCU" ]; then
   run_step 60 "$NCU" --clock-control none --section SpeedOfLight --section Occupancy \
-    --section WarpStateStats --section LaunchStats -k regex:softmax \
+    --section WarpStateStats --section LaunchStats -k 'regex:softmax|interval_mask|gate_kernel' \
     python benchmarks/ncu_cases.py > "$LOGS/ncu.log" 2>&1
   result "exit $?"
 else

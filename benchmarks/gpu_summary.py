@@ -80,10 +80,11 @@ def headline(rows):
 
 def ncu_lines(text):
     """One line per kernel profiled by ncu (benchmarks/ncu_cases.py): name,
-    grid, duration, DRAM throughput, achieved occupancy, registers."""
+    grid, duration, DRAM throughput, SM throughput (issue-bound kernels show it
+    high), achieved occupancy, registers."""
     out, cur = [], None
-    want = {"Duration": "dur", "DRAM Throughput": "dram", "Achieved Occupancy": "occ",
-            "Registers Per Thread": "regs"}
+    want = {"Duration": "dur", "DRAM Throughput": "dram", "Compute (SM) Throughput": "sm",
+            "Achieved Occupancy": "occ", "Registers Per Thread": "regs"}
     for ln in text.splitlines():
         grid = re.search(r"\((\d+, \d+, \d+)\)x\((\d+, \d+, \d+)\)", ln)
         if grid:
@@ -92,13 +93,14 @@ def ncu_lines(text):
                    "grid": f"grid ({grid.group(1)}) x ({grid.group(2)})"}
             out.append(cur)
             continue
-        m = re.match(r"\s*(Duration|DRAM Throughput|Achieved Occupancy|Registers Per Thread)"
-                     r"\s+(\S+)\s+([\d.,]+)\s*$", ln)
+        m = re.match(r"\s*(Duration|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy"
+                     r"|Registers Per Thread)\s+(\S+)\s+([\d.,]+)\s*$", ln)
         if cur is not None and m:
             unit = "" if m.group(1) == "Registers Per Thread" else " " + m.group(2)
             cur[want[m.group(1)]] = m.group(3) + unit
     return [f"  {k['name']} {k['grid']}: {k.get('dur', '?')}, DRAM {k.get('dram', '?')}, "
-            f"occupancy {k.get('occ', '?')}, {k.get('regs', '?')} regs" for k in out]
+            f"SM {k.get('sm', '?')}, occupancy {k.get('occ', '?')}, {k.get('regs', '?')} regs"
+            for k in out]
 
 
 def _steps(text):
@@ -152,8 +154,9 @@ def main():
         print("softmax: no benchmark table")
     ncu = ncu_lines(_read(os.path.join(d, "ncu.log")))
     if ncu:
-        print("ncu (first kernels of benchmarks/ncu_cases.py):")
-        for ln in ncu[:12]:
+        print("ncu (first kernels of benchmarks/ncu_cases.py, and mask building and the gate):")
+        other = [ln for ln in ncu if "interval_mask" in ln or "gate_kernel" in ln]
+        for ln in [ln for ln in ncu if ln not in other][:10] + other[:2]:
             print(ln)
     print("everything else: gpu_check.tar.gz (logs, CSV, Markdown)")
 

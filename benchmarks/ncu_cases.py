@@ -1,10 +1,12 @@
 """A few softmax launches for Nsight Compute, to see why a kernel sits where
 it does against the copy: achieved DRAM bandwidth, occupancy, and what its
-warps wait on.
+warps wait on. Then one launch each of mask building and the gate, which
+Session 14 found issue-bound in their SASS (RESULTS.md): issue-slot
+utilisation against DRAM throughput says whether that holds.
 
     ncu --clock-control none --section SpeedOfLight --section Occupancy \\
         --section WarpStateStats --section LaunchStats \\
-        -k regex:softmax python benchmarks/ncu_cases.py
+        -k regex:'softmax|interval_mask|gate_kernel' python benchmarks/ncu_cases.py
 
 The H200 run of 2026-11-26 fitted one rule (benchmarks/RESULTS.md): a row's
 time follows the bytes each SM holds in flight, not the bytes it reads, so
@@ -63,6 +65,17 @@ def main():
               f"{'backward' if backward else 'forward'}{'' if streamed else ' MASKEXT_STREAM=0'}",
               flush=True)
     os.environ.pop("MASKEXT_STREAM", None)
+    # attention_mask 16x1x1024x1024 bool, causal + padding (1.40x fill_ on the
+    # H200), and sigmoid_gate 64x2048x1024 fp16, padded (1.53x its copy)
+    B, T = (16, 1024) if dev == "cuda" else (2, 64)
+    L = torch.randint(T // 2, T + 1, (B,), device=dev)
+    maskext.attention_mask(L, q_len=T, k_len=T, causal=True, dtype=torch.bool)
+    print(f"ncu_cases: attention_mask {B}x1x{T}x{T} bool causal+padding", flush=True)
+    B, T, F = (64, 2048, 1024) if dev == "cuda" else (2, 16, 64)
+    x = torch.randn(B, T, F, device=dev, dtype=torch.float16)
+    L = torch.randint(T // 2, T + 1, (B,), device=dev)
+    maskext.sigmoid_gate(x, torch.randn_like(x), L, temperature=0.5)
+    print(f"ncu_cases: sigmoid_gate {B}x{T}x{F} float16 padded", flush=True)
     if dev == "cuda":
         torch.cuda.synchronize()
     print("ncu_cases: ok")
