@@ -52,7 +52,7 @@ __global__ void fill_padding_kernel(PaddedArgs a, T value, bool in_place, bool s
 // issued before any store. (A block per step, with two 64-bit divisions and
 // the step's bounds before its one 16-byte load per thread, ran at 1.27x the
 // copy on the H200, 2026-11-27, where torch.compile's kernel ran at 1.00x.)
-// Four blocks per SM (up to 64 registers: 62 used): 32 warps, each thread
+// Four blocks per SM (up to 64 registers: 52 used): 32 warps, each thread
 // with 4 x 16 bytes in flight.
 constexpr int kFlatThreads = 256, kFlatUnroll = 4, kFlatBlocksPerSM = 4;
 
