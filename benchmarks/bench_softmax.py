@@ -7,7 +7,7 @@ Lengths are uniform in [Tk/2, Tk] ("padded"), all Tk ("full"), or padded plus
 causal ("causal+padded", Tq == Tk); "mask" (forward, a few shapes) is the
 padded case with maskext given the bool mask instead of the lengths (its
 mask/bias path). Every provider's output is checked against maskext's before
-it is timed.
+it is timed; a second table gives the memory each call allocates at its peak.
 """
 import argparse
 import math
@@ -203,6 +203,8 @@ def run(device="cpu", full=False, dtypes=None, shapes=None, out_dir=common.OUT_D
         for p in providers:
             try:
                 case.times[p] = common.time_ms(fns[p], device, min_run_time) if fns[p] else math.nan
+                if fns[p] and p != UNSTREAMED:  # the target: maskext's forward allocates only its output
+                    case.mem[p] = common.peak_mib(fns[p], device)
             except _FAILURES as e:
                 _skipped(p, e)
                 case.times[p] = math.nan

@@ -107,6 +107,35 @@ def _cuda_events_ms(fn, reps: int = 50) -> float:
     return times[len(times) // 2]
 
 
+def peak_mib(fn: Callable[[], object], device: str) -> float:
+    """MiB that one call of fn allocates beyond what was allocated before it (its
+    output and any temporaries), at the call's peak. CUDA: the caching
+    allocator's statistics (exact). CPU: the profiler's allocation events in
+    time order (each op's own allocations at its start, and the frees), which
+    misses a temporary that one op allocates and frees inside itself."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        out = fn()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+        del out
+        return peak / 2**20
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+        del out
+    events = sorted((e.time_range.start,
+                     e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage)
+                    for e in prof.events())
+    cur = peak = 0
+    for _, nbytes in events:
+        cur += nbytes
+        peak = max(peak, cur)
+    return peak / 2**20
+
+
 class Progress:
     """A one-line progress bar on stderr (no dependency)."""
 
@@ -133,6 +162,7 @@ class Case:
     variant: str
     bytes: int  # bytes the operation must move at least once (dense input + output)
     times: Dict[str, float] = field(default_factory=dict)  # provider -> ms (nan: unavailable)
+    mem: Dict[str, float] = field(default_factory=dict)  # provider -> peak_mib (where measured)
 
 
 def write_results(name: str, cases: List[Case], providers: List[str], floor: str,
@@ -143,13 +173,14 @@ def write_results(name: str, cases: List[Case], providers: List[str], floor: str
     with open(csv_path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["op", "shape", "dtype", "variant", "provider", "median_ms", "GB_per_s",
-                    "x_floor", "device", "torch", "commit", "date"])
+                    "x_floor", "peak_MiB", "device", "torch", "commit", "date"])
         for c in cases:
             for p in providers:
                 ms = c.times.get(p, float("nan"))
                 w.writerow([c.op, c.shape, c.dtype, c.variant, p, f"{ms:.6g}",
                             f"{c.bytes / ms / 1e6:.4g}" if ms == ms else "nan",
                             f"{ms / c.times[floor]:.3f}" if ms == ms else "nan",
+                            f"{c.mem[p]:.4g}" if p in c.mem else "",
                             env["device"], env["torch"], env["commit"], env["date"]])
     md = markdown_table(cases, providers, floor, env)
     with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
@@ -177,7 +208,18 @@ def markdown_table(cases: List[Case], providers: List[str], floor: str, env: Dic
             ms = c.times.get(p, float("nan"))
             cells.append("n/a" if ms != ms or me != me else f"{ms / me:.2f}x")
         lines.append("| " + " | ".join(cells) + " |")
-    return head + "\n".join(lines) + "\n"
+    md = head + "\n".join(lines) + "\n"
+    with_mem = [c for c in cases if c.mem]
+    if with_mem:  # the memory beside the times: a second table, same rows
+        mem_providers = [p for p in providers if any(p in c.mem for c in with_mem)]
+        lines = ["| " + " | ".join(["op", "shape", "dtype", "case"] + mem_providers) + " |",
+                 "|" + "---|" * (4 + len(mem_providers))]
+        for c in with_mem:
+            lines.append("| " + " | ".join([c.op, c.shape, c.dtype, c.variant] + [
+                f"{c.mem[p]:.4g}" if p in c.mem else "n/a" for p in mem_providers]) + " |")
+        md += ("\nPeak memory of one call beyond its inputs (MiB: its output and temporaries; "
+               "`copy` writes into a tensor allocated before):\n\n" + "\n".join(lines) + "\n")
+    return md
 
 
 def _plot(path, title, cases, providers, floor, env):

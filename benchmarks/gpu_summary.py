@@ -7,6 +7,7 @@ the headline ratios of the softmax sweep, and what ncu measured of a few kernels
 import argparse
 import csv
 import glob
+import math
 import os
 import re
 from collections import defaultdict
@@ -26,16 +27,33 @@ def _last_line(path):
 
 
 def _softmax_rows(log_dir):
-    """{(pass, shape, dtype, variant): {provider: ms}} from every softmax CSV."""
-    out = defaultdict(dict)
+    """{(pass, shape, dtype, variant): {provider: ms}} from every softmax CSV, and
+    {key: maskext's peak MiB} where measured."""
+    out, mem = defaultdict(dict), {}
     device = ""
     for path in sorted(glob.glob(os.path.join(log_dir, "softmax_*.csv"))):
         with open(path, newline="") as f:
             for r in csv.DictReader(f):
                 key = (r["op"].split()[-1], r["shape"], r["dtype"], r["variant"])
                 out[key][r["provider"]] = float(r["median_ms"])
+                if r["provider"] == "maskext" and r.get("peak_MiB"):
+                    mem[key] = float(r["peak_MiB"])
                 device = r["device"]
-    return out, device
+    return out, mem, device
+
+
+def memory_line(mem):
+    """Whether maskext's forward allocated only its output (the target)."""
+    size = {"fp16": 2, "bf16": 2, "fp32": 4}
+    fwd = {k: v for k, v in mem.items() if k[0] == "forward" and k[2] in size}
+    if not fwd:
+        return "memory: not measured"
+    extra = {k: v - math.prod(int(n) for n in k[1].split("x")) * size[k[2]] / 2**20
+             for k, v in fwd.items()}
+    worst = max(extra, key=extra.get)
+    return (f"memory: maskext forward allocated only its output in "
+            f"{sum(e <= 0.01 for e in extra.values())} of {len(extra)} cases (most beyond it: "
+            f"{extra[worst]:.3g} MiB, {' '.join(worst[1:])})")
 
 
 def _fmt(v):
@@ -126,7 +144,7 @@ def main():
     gpu = re.search(r"NVIDIA [A-Z0-9][^|\n]*?(?=\s{2,}|\|)", env)
     torch_line = next((ln for ln in env.splitlines() if ln.startswith("torch ")), "torch ?")
     commit = next((ln for ln in env.splitlines() if ln.startswith("commit ")), "commit ?")
-    rows, device = _softmax_rows(d)
+    rows, mem, device = _softmax_rows(d)
     print("maskext GPU check" + (" -- DRY RUN on the CPU: no GPU result below" if a.dry_run else ""))
     print(f"device: {gpu.group(0).strip() if gpu else device or 'unknown'}; {torch_line}; {commit}")
     print(f"build {a.build_seconds} s; whole run {a.total_seconds} s")
@@ -150,6 +168,7 @@ def main():
         print("time (MASKEXT_STREAM=0) over the streamed tiers' (> 1: streaming is faster):")
         for ln in headline(rows):
             print(ln)
+        print(memory_line(mem))
     else:
         print("softmax: no benchmark table")
     ncu = ncu_lines(_read(os.path.join(d, "ncu.log")))
