@@ -842,3 +842,43 @@ def test_every_row_length_on_every_path(device, dtype):
             hidden = ~R.visible(T, T, lengths=L, causal=True).expand_as(x)
             assert (gx[hidden] == 0).all()
             assert (got[hidden] == (0 if fn is maskext.masked_softmax else torch.finfo(dtype).min)).all()
+
+
+def _peak_bytes(fn, device):
+    """Bytes one call of fn allocates at its peak beyond what was allocated
+    before it (CUDA: the caching allocator's statistics; CPU: the profiler's
+    allocation events in time order, each op's own allocations and the frees)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        out = fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base, out
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+    peak = cur = 0
+    for _, nbytes in sorted((e.time_range.start, e.cpu_memory_usage if e.name == "[memory]"
+                             else e.self_cpu_memory_usage) for e in prof.events()):
+        cur += nbytes
+        peak = max(peak, cur)
+    return peak, out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("Tk", [33, 1024, 4104])
+def test_forward_allocates_only_its_output(device, dtype, Tk):
+    # The lengths path (register tiers, streamed or not, on CUDA), the mask
+    # path, and log-softmax: no workspace, no mask materialised, no copy of x.
+    x = torch.randn(3, 2, 16, Tk, device=device, dtype=dtype)
+    L = torch.tensor([Tk, Tk // 2, 0], device=device)
+    keep = torch.rand(3, 1, 1, Tk, device=device) > 0.3
+    out_bytes = x.numel() * x.element_size()
+    for call in (lambda: maskext.masked_softmax(x, lengths=L, causal=True),
+                 lambda: maskext.masked_softmax(x, keep, lengths=L),
+                 lambda: maskext.masked_log_softmax(x, lengths=L)):
+        call()  # a first call may allocate once (e.g. the CUDA occupancy queries' state)
+        peak, y = _peak_bytes(call, device)
+        assert peak == out_bytes, (peak, out_bytes)
+        del y
