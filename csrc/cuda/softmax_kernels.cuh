@@ -1395,10 +1395,23 @@ struct StreamRow {
   int lo, hi;
 };
 
-// The row of this thread's group in row group g (kRows rows per group).
+// The rows' bounds of a streamed block, after its 2 stages of `chunks` slots
+// per thread: [2 stages][kB threads]. Each thread writes its row's (lo, hi)
+// when it copies the row and reads them back a row later: its own slot, no
+// barrier. (Held in registers through the current row's math, the next row's
+// bounds made ptxas spill; found again, they cost row_bounds twice a row,
+// segment_ids' binary searches included.)
+template <int kB>
+__device__ __forceinline__ int2* stream_bounds(uint4* slots, int chunks) {
+  return reinterpret_cast<int2*>(slots + 2 * chunks * kB);
+}
+constexpr int stream_smem(int chunks, int kB) { return 2 * chunks * kB * 16 + 2 * kB * 8; }
+
+// The row of this thread's group in row group g (kRows rows per group), its
+// bounds also written to this thread's slot of `stage_bounds`.
 template <int G, int kRows>
-__device__ __forceinline__ StreamRow stream_row(const SoftmaxArgs& a, const RowDiv& d,
-                                                int64_t g) {
+__device__ __forceinline__ StreamRow stream_row(const SoftmaxArgs& a, const RowDiv& d, int64_t g,
+                                                int2* stage_bounds) {
   const int64_t r = g * kRows + threadIdx.x / G;
   StreamRow s{static_cast<uint32_t>(a.rows()), 0, 0};
   if (r < a.rows()) {
@@ -1409,7 +1422,17 @@ __device__ __forceinline__ StreamRow stream_row(const SoftmaxArgs& a, const RowD
     s.lo = static_cast<int>(lo);
     s.hi = static_cast<int>(hi);
   }
+  stage_bounds[threadIdx.x] = make_int2(s.lo, s.hi);
   return s;
+}
+
+// stream_row's row of group g again, its bounds read back from the stage.
+template <int G, int kRows>
+__device__ __forceinline__ StreamRow stream_row_again(const SoftmaxArgs& a, int64_t g,
+                                                      const int2* stage_bounds) {
+  const int64_t r = g * kRows + threadIdx.x / G;
+  const int2 b = stage_bounds[threadIdx.x];
+  return {static_cast<uint32_t>(r < a.rows() ? r : a.rows()), b.x, b.y};
 }
 
 // Row r of x (the scores, or dy), by its strides.
@@ -1425,7 +1448,8 @@ template <typename T, int G, int P, bool LOG>
 __global__ void __launch_bounds__(kTierBlock<G>, (kStreamMinBlocks<G, P, false, LOG>))
     softmax_stream_forward_kernel(SoftmaxArgs a, RowDiv d) {
   constexpr int VEC = Vec16<T>::N, kB = kTierBlock<G>, kRows = kB / G;
-  extern __shared__ uint4 stream_slots[];  // [2 stages][P chunks][kB threads]
+  // [2 stages][P chunks][kB threads], then the rows' bounds: stream_bounds
+  extern __shared__ uint4 stream_slots[];
   __shared__ float part[2][G > 32 ? G / 32 : 1];  // tier C: the max, then the sum
   const int lane = threadIdx.x % G;
   const unsigned mask = group_mask<G>();
@@ -1458,18 +1482,21 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kStreamMinBlocks<G, P, false, 
   // to the next: a warp writes part[0] again only after every warp has passed
   // the sum's barrier, so has read part[0].
   uint4* const mine = stream_slots + threadIdx.x;
-  auto copy = [&](const StreamRow& s, uint4* dst) {
-    if (s.r < a.rows()) copy_row_async<T, G, P>(x_row<T>(a, d, s.r), s.lo, s.hi, lane, dst);
+  int2* const bounds = stream_bounds<kB>(stream_slots, P);
+  auto copy = [&](int64_t g, int stage) {
+    const StreamRow s = stream_row<G, kRows>(a, d, g, bounds + stage * kB);
+    if (s.r < a.rows()) {
+      copy_row_async<T, G, P>(x_row<T>(a, d, s.r), s.lo, s.hi, lane, mine + stage * P * kB);
+    }
     cuda::commit_async();
   };
-  copy(stream_row<G, kRows>(a, d, blockIdx.x), mine);
+  copy(blockIdx.x, 0);
   int stage = 0;
   for (int g = blockIdx.x; g < groups; g += gridDim.x) {  // the same trips in the block
     // The next row's copies in flight through this one, into the stage read
-    // one row ago. The rows' bounds are found again rather than carried: held
-    // through the row's math, ptxas spilled them (kernel_report, sm_90).
-    copy(stream_row<G, kRows>(a, d, g + int64_t(gridDim.x)), mine + (stage ^ 1) * P * kB);
-    const StreamRow cur = stream_row<G, kRows>(a, d, g);
+    // one row ago.
+    copy(g + int64_t(gridDim.x), stage ^ 1);
+    const StreamRow cur = stream_row_again<G, kRows>(a, g, bounds + stage * kB);
     cuda::wait_async<1>();  // this row's copies have landed
     if (cur.r < a.rows()) row(cur, mine + stage * P * kB);
     stage ^= 1;
@@ -1483,7 +1510,8 @@ template <typename T, int G, int P, bool LOG>
 __global__ void __launch_bounds__(kTierBlock<G>, (kStreamMinBlocks<G, P, true, LOG>))
     softmax_stream_backward_kernel(SoftmaxArgs a, RowDiv d) {
   constexpr int kB = kTierBlock<G>, kRows = kB / G;
-  extern __shared__ uint4 stream_slots[];  // [2 stages][y, dy][P chunks][kB threads]
+  // [2 stages][y, dy][P chunks][kB threads], then the rows' bounds: stream_bounds
+  extern __shared__ uint4 stream_slots[];
   // tier C: the sum, one array per row parity (one barrier per row: a warp
   // writes the next row's sum while another may still read this row's)
   __shared__ float part[2][G > 32 ? G / 32 : 1];
@@ -1511,20 +1539,22 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kStreamMinBlocks<G, P, true, L
     });
   };
   uint4* const mine = stream_slots + threadIdx.x;
-  auto copy = [&](const StreamRow& s, uint4* dst) {
+  int2* const bounds = stream_bounds<kB>(stream_slots, 2 * P);
+  auto copy = [&](int64_t g, int stage) {
+    const StreamRow s = stream_row<G, kRows>(a, d, g, bounds + stage * kB);
     if (s.r < a.rows()) {
+      uint4* const dst = mine + stage * 2 * P * kB;
       copy_row_async<T, G, P>(static_cast<const T*>(a.y) + static_cast<int64_t>(s.r) * a.Tk, s.lo,
                               s.hi, lane, dst);
       copy_row_async<T, G, P>(x_row<T>(a, d, s.r), s.lo, s.hi, lane, dst + P * kB);
     }
     cuda::commit_async();
   };
-  copy(stream_row<G, kRows>(a, d, blockIdx.x), mine);
+  copy(blockIdx.x, 0);
   int stage = 0;
   for (int g = blockIdx.x; g < groups; g += gridDim.x) {  // the same trips in the block
-    // as in the forward: the next row in flight, the bounds found again
-    copy(stream_row<G, kRows>(a, d, g + int64_t(gridDim.x)), mine + (stage ^ 1) * 2 * P * kB);
-    const StreamRow cur = stream_row<G, kRows>(a, d, g);
+    copy(g + int64_t(gridDim.x), stage ^ 1);  // as in the forward: the next row in flight
+    const StreamRow cur = stream_row_again<G, kRows>(a, g, bounds + stage * kB);
     cuda::wait_async<1>();  // this row's copies have landed
     row(cur, mine + stage * 2 * P * kB, part[stage]);
     stage ^= 1;
@@ -1862,7 +1892,7 @@ void launch_tier(const SoftmaxArgs& a, cudaStream_t stream) {
           return softmax_stream_forward_kernel<T, G, P, LOG>;
         }
       }();
-      const int smem = 2 * (BACKWARD ? 2 : 1) * P * kB * 16;
+      const int smem = stream_smem((BACKWARD ? 2 : 1) * P, kB);
       if (const int per_sm = cuda::blocks_per_sm(kernel, kB, smem)) {
         const int64_t grid = std::min<int64_t>(groups, int64_t(per_sm) * cuda::sm_count());
         kernel<<<static_cast<unsigned>(grid), kB, smem, stream>>>(a, d);
