@@ -631,7 +631,8 @@ def test_cuda_streamed_tiers_many_rows(dtype, backward, monkeypatch):
     straight into registers (MASKEXT_STREAM=0), to a rounding: softmax and
     log-softmax, forward or forward and backward; lengths of every value
     (chunks that [lo, hi) cuts), fully masked rows, a NaN row, causal rows
-    with sinks; and the reference on the first and last rows."""
+    with sinks, causal rows in segments (left padding); and the reference on
+    the first and last rows."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     longest = {}  # block tier -> its longest row
     for Tk in tier_edges(dtype, backward, rows=10**6):
@@ -648,8 +649,14 @@ def test_cuda_streamed_tiers_many_rows(dtype, backward, monkeypatch):
         L[B // 2] = Tk
         x[B // 2, 0, 2, Tk // 2] = float("nan")  # that row's outputs all NaN
         dy = torch.randn_like(x)
+        # left padding as Hugging Face's backend gives it: segment ids 0 then 1
+        # (binary searches in each row's bounds); row B // 2 all real
+        start = torch.randint(0, Tk + 1, (B, 1), device="cuda")
+        start[B // 2] = 0
+        seg = (torch.arange(Tk, device="cuda") >= start).long()
         kws = (dict(lengths=L), dict(lengths=L, causal=True, scale=0.7,
-                                     sinks=torch.randn(1, 1, device="cuda")))
+                                     sinks=torch.randn(1, 1, device="cuda")),
+               dict(segment_ids=seg, causal=True))
         for fn, kw in itertools.product((maskext.masked_softmax, maskext.masked_log_softmax), kws):
             outs = []
             for stream in (True, False):
@@ -669,7 +676,7 @@ def test_cuda_streamed_tiers_many_rows(dtype, backward, monkeypatch):
         monkeypatch.delenv("MASKEXT_STREAM", raising=False)
         for rows in (slice(0, 8), slice(B - 8, B)):  # the first and the last row groups
             for kw in kws:
-                kw = {k: (v[rows] if k == "lengths" else v) for k, v in kw.items()}
+                kw = {k: (v[rows] if k in ("lengths", "segment_ids") else v) for k, v in kw.items()}
                 if backward:
                     _check_grads(x[rows], dy[rows], **kw)
                 else:
