@@ -1395,23 +1395,23 @@ struct StreamRow {
   int lo, hi;
 };
 
-// The rows' bounds of a streamed block, after its 2 stages of `chunks` slots
-// per thread: [2 stages][kB threads]. Each thread writes its row's (lo, hi)
+// A streamed block's shared memory: 2 stages of [C chunks][kB threads] uint4
+// slots (C = P, or 2P for y and dy), each followed by [kB threads] slots of
+// the stage's row bounds. Each thread writes its row's (lo, hi) to its slot
 // when it copies the row and reads them back a row later: its own slot, no
 // barrier. (Held in registers through the current row's math, the next row's
 // bounds made ptxas spill; found again, they cost row_bounds twice a row,
-// segment_ids' binary searches included.)
-template <int kB>
-__device__ __forceinline__ int2* stream_bounds(uint4* slots, int chunks) {
-  return reinterpret_cast<int2*>(slots + 2 * chunks * kB);
-}
-constexpr int stream_smem(int chunks, int kB) { return 2 * chunks * kB * 16 + 2 * kB * 8; }
+// segment_ids' binary searches included. A bounds slot at a fixed offset from
+// the thread's chunk slots adds no address register: an array of its own made
+// the log-softmax's 8-chunk tier C kernels spill their loop counters.)
+constexpr int stream_stage(int chunks, int kB) { return (chunks + 1) * kB; }  // uint4 slots
+constexpr int stream_smem(int chunks, int kB) { return 2 * stream_stage(chunks, kB) * 16; }
 
 // The row of this thread's group in row group g (kRows rows per group), its
-// bounds also written to this thread's slot of `stage_bounds`.
+// bounds also written to `bounds`, this thread's bounds slot of the stage.
 template <int G, int kRows>
 __device__ __forceinline__ StreamRow stream_row(const SoftmaxArgs& a, const RowDiv& d, int64_t g,
-                                                int2* stage_bounds) {
+                                                uint4* bounds) {
   const int64_t r = g * kRows + threadIdx.x / G;
   StreamRow s{static_cast<uint32_t>(a.rows()), 0, 0};
   if (r < a.rows()) {
@@ -1422,16 +1422,16 @@ __device__ __forceinline__ StreamRow stream_row(const SoftmaxArgs& a, const RowD
     s.lo = static_cast<int>(lo);
     s.hi = static_cast<int>(hi);
   }
-  stage_bounds[threadIdx.x] = make_int2(s.lo, s.hi);
+  *reinterpret_cast<int2*>(bounds) = make_int2(s.lo, s.hi);
   return s;
 }
 
-// stream_row's row of group g again, its bounds read back from the stage.
+// stream_row's row of group g again, its bounds read back from the slot.
 template <int G, int kRows>
 __device__ __forceinline__ StreamRow stream_row_again(const SoftmaxArgs& a, int64_t g,
-                                                      const int2* stage_bounds) {
+                                                      const uint4* bounds) {
   const int64_t r = g * kRows + threadIdx.x / G;
-  const int2 b = stage_bounds[threadIdx.x];
+  const int2 b = *reinterpret_cast<const int2*>(bounds);
   return {static_cast<uint32_t>(r < a.rows() ? r : a.rows()), b.x, b.y};
 }
 
@@ -1448,8 +1448,8 @@ template <typename T, int G, int P, bool LOG>
 __global__ void __launch_bounds__(kTierBlock<G>, (kStreamMinBlocks<G, P, false, LOG>))
     softmax_stream_forward_kernel(SoftmaxArgs a, RowDiv d) {
   constexpr int VEC = Vec16<T>::N, kB = kTierBlock<G>, kRows = kB / G;
-  // [2 stages][P chunks][kB threads], then the rows' bounds: stream_bounds
-  extern __shared__ uint4 stream_slots[];
+  constexpr int kStage = stream_stage(P, kB);
+  extern __shared__ uint4 stream_slots[];  // 2 stages: [P chunks][kB threads], bounds
   __shared__ float part[2][G > 32 ? G / 32 : 1];  // tier C: the max, then the sum
   const int lane = threadIdx.x % G;
   const unsigned mask = group_mask<G>();
@@ -1482,24 +1482,24 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kStreamMinBlocks<G, P, false, 
   // to the next: a warp writes part[0] again only after every warp has passed
   // the sum's barrier, so has read part[0].
   uint4* const mine = stream_slots + threadIdx.x;
-  int2* const bounds = stream_bounds<kB>(stream_slots, P);
-  auto copy = [&](int64_t g, int stage) {
-    const StreamRow s = stream_row<G, kRows>(a, d, g, bounds + stage * kB);
-    if (s.r < a.rows()) {
-      copy_row_async<T, G, P>(x_row<T>(a, d, s.r), s.lo, s.hi, lane, mine + stage * P * kB);
-    }
+  auto copy = [&](int64_t g, uint4* slots) {
+    const StreamRow s = stream_row<G, kRows>(a, d, g, slots + P * kB);
+    if (s.r < a.rows()) copy_row_async<T, G, P>(x_row<T>(a, d, s.r), s.lo, s.hi, lane, slots);
     cuda::commit_async();
   };
-  copy(blockIdx.x, 0);
-  int stage = 0;
-  for (int g = blockIdx.x; g < groups; g += gridDim.x) {  // the same trips in the block
+  copy(blockIdx.x, mine);
+  // Row group g = blockIdx.x + it * gridDim.x, in stage it % 2: one counter
+  // live through the row (a stage index beside g made the log-softmax's
+  // 8-chunk tier C kernels spill it).
+  for (int it = 0; blockIdx.x + it * gridDim.x < groups; ++it) {  // the same trips in the block
+    const int g = blockIdx.x + it * gridDim.x;
+    uint4* const slots = mine + (it & 1) * kStage;
     // The next row's copies in flight through this one, into the stage read
     // one row ago.
-    copy(g + int64_t(gridDim.x), stage ^ 1);
-    const StreamRow cur = stream_row_again<G, kRows>(a, g, bounds + stage * kB);
+    copy(g + int64_t(gridDim.x), mine + ((it + 1) & 1) * kStage);
+    const StreamRow cur = stream_row_again<G, kRows>(a, g, slots + P * kB);
     cuda::wait_async<1>();  // this row's copies have landed
-    if (cur.r < a.rows()) row(cur, mine + stage * P * kB);
-    stage ^= 1;
+    if (cur.r < a.rows()) row(cur, slots);
   }
 }
 
@@ -1509,9 +1509,8 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kStreamMinBlocks<G, P, false, 
 template <typename T, int G, int P, bool LOG>
 __global__ void __launch_bounds__(kTierBlock<G>, (kStreamMinBlocks<G, P, true, LOG>))
     softmax_stream_backward_kernel(SoftmaxArgs a, RowDiv d) {
-  constexpr int kB = kTierBlock<G>, kRows = kB / G;
-  // [2 stages][y, dy][P chunks][kB threads], then the rows' bounds: stream_bounds
-  extern __shared__ uint4 stream_slots[];
+  constexpr int kB = kTierBlock<G>, kRows = kB / G, kStage = stream_stage(2 * P, kB);
+  extern __shared__ uint4 stream_slots[];  // 2 stages: [y, dy][P chunks][kB threads], bounds
   // tier C: the sum, one array per row parity (one barrier per row: a warp
   // writes the next row's sum while another may still read this row's)
   __shared__ float part[2][G > 32 ? G / 32 : 1];
@@ -1539,25 +1538,23 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kStreamMinBlocks<G, P, true, L
     });
   };
   uint4* const mine = stream_slots + threadIdx.x;
-  int2* const bounds = stream_bounds<kB>(stream_slots, 2 * P);
-  auto copy = [&](int64_t g, int stage) {
-    const StreamRow s = stream_row<G, kRows>(a, d, g, bounds + stage * kB);
+  auto copy = [&](int64_t g, uint4* slots) {
+    const StreamRow s = stream_row<G, kRows>(a, d, g, slots + 2 * P * kB);
     if (s.r < a.rows()) {
-      uint4* const dst = mine + stage * 2 * P * kB;
       copy_row_async<T, G, P>(static_cast<const T*>(a.y) + static_cast<int64_t>(s.r) * a.Tk, s.lo,
-                              s.hi, lane, dst);
-      copy_row_async<T, G, P>(x_row<T>(a, d, s.r), s.lo, s.hi, lane, dst + P * kB);
+                              s.hi, lane, slots);
+      copy_row_async<T, G, P>(x_row<T>(a, d, s.r), s.lo, s.hi, lane, slots + P * kB);
     }
     cuda::commit_async();
   };
-  copy(blockIdx.x, 0);
-  int stage = 0;
-  for (int g = blockIdx.x; g < groups; g += gridDim.x) {  // the same trips in the block
-    copy(g + int64_t(gridDim.x), stage ^ 1);  // as in the forward: the next row in flight
-    const StreamRow cur = stream_row_again<G, kRows>(a, g, bounds + stage * kB);
+  copy(blockIdx.x, mine);
+  for (int it = 0; blockIdx.x + it * gridDim.x < groups; ++it) {  // as in the forward
+    const int g = blockIdx.x + it * gridDim.x;
+    uint4* const slots = mine + (it & 1) * kStage;
+    copy(g + int64_t(gridDim.x), mine + ((it + 1) & 1) * kStage);  // the next row in flight
+    const StreamRow cur = stream_row_again<G, kRows>(a, g, slots + 2 * P * kB);
     cuda::wait_async<1>();  // this row's copies have landed
-    row(cur, mine + stage * 2 * P * kB, part[stage]);
-    stage ^= 1;
+    row(cur, slots, part[it & 1]);
   }
 }
 
