@@ -204,7 +204,7 @@ def run(device="cpu", full=False, dtypes=None, shapes=None, out_dir=common.OUT_D
             try:
                 case.times[p] = common.time_ms(fns[p], device, min_run_time) if fns[p] else math.nan
                 if fns[p] and p != UNSTREAMED:  # the target: maskext's forward allocates only its output
-                    case.mem[p] = common.peak_mib(fns[p], device)
+                    case.mem[p] = common.peak_bytes(fns[p], device) / 2**20
             except _FAILURES as e:
                 _skipped(p, e)
                 case.times[p] = math.nan

@@ -107,12 +107,13 @@ def _cuda_events_ms(fn, reps: int = 50) -> float:
     return times[len(times) // 2]
 
 
-def peak_mib(fn: Callable[[], object], device: str) -> float:
-    """MiB that one call of fn allocates beyond what was allocated before it (its
-    output and any temporaries), at the call's peak. CUDA: the caching
+def peak_bytes(fn: Callable[[], object], device: str) -> int:
+    """Bytes that one call of fn allocates beyond what was allocated before it
+    (its output and any temporaries), at the call's peak. CUDA: the caching
     allocator's statistics (exact). CPU: the profiler's allocation events in
     time order (each op's own allocations at its start, and the frees), which
-    misses a temporary that one op allocates and frees inside itself."""
+    misses a temporary that one op allocates and frees inside itself.
+    (tests/test_softmax.py checks maskext's forward with it too.)"""
     if device == "cuda":
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -121,7 +122,7 @@ def peak_mib(fn: Callable[[], object], device: str) -> float:
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
         del out
-        return peak / 2**20
+        return peak
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn()
@@ -133,7 +134,7 @@ def peak_mib(fn: Callable[[], object], device: str) -> float:
     for _, nbytes in events:
         cur += nbytes
         peak = max(peak, cur)
-    return peak / 2**20
+    return peak
 
 
 class Progress:
@@ -162,7 +163,7 @@ class Case:
     variant: str
     bytes: int  # bytes the operation must move at least once (dense input + output)
     times: Dict[str, float] = field(default_factory=dict)  # provider -> ms (nan: unavailable)
-    mem: Dict[str, float] = field(default_factory=dict)  # provider -> peak_mib (where measured)
+    mem: Dict[str, float] = field(default_factory=dict)  # provider -> peak MiB (where measured)
 
 
 def write_results(name: str, cases: List[Case], providers: List[str], floor: str,
