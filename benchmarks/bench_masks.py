@@ -38,7 +38,9 @@ def cases_for(device):
     if device == "cuda":
         return [("lengths_to_mask", (256, 4096), torch.bool), ("lengths_to_mask", (4096, 8192), torch.bool),
                 ("attention_mask", (16, 1024), torch.float16), ("attention_mask", (16, 1024), torch.bool),
-                ("attention_mask", (4, 4096), torch.bfloat16)]
+                ("attention_mask", (4, 4096), torch.bfloat16),
+                # rows not a multiple of 16 bytes: the flat kernel (chunks across rows)
+                ("attention_mask", (16, 1000), torch.bool)]
     return [("lengths_to_mask", (256, 4096), torch.bool), ("attention_mask", (8, 1024), torch.float32),
             ("attention_mask", (8, 1024), torch.bool)]
 

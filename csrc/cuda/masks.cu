@@ -101,7 +101,9 @@ inline int rows_per_warp(int64_t rows, int64_t resident_warps) {
 
 // Any cols: each thread writes 16-byte chunks of the flat (rows, cols) output,
 // so every store but the last is a full vector (when out is 16-byte aligned,
-// as every output allocated by the ops is); a chunk may cross rows.
+// as every output allocated by the ops is); a chunk may cross rows. A chunk
+// inside one row is mask_chunk's splat or byte mask; only a chunk that
+// crosses rows is built element by element (for bool, ~150 instructions).
 template <typename T>
 __global__ void interval_mask_kernel(IntervalMaskArgs a, T keep, T masked) {
   constexpr int VEC = Vec16<T>::N;
@@ -109,12 +111,19 @@ __global__ void interval_mask_kernel(IntervalMaskArgs a, T keep, T masked) {
   const int64_t total = a.rows * a.cols;
   const int64_t nchunks = (total + VEC - 1) / VEC;
   const bool aligned = reinterpret_cast<uintptr_t>(out) % 16 == 0;
+  const bool short_rows = a.cols <= INT32_MAX;  // positions in a row fit mask_chunk's ints
+  const uint4 keep16 = cuda::splat16(keep), masked16 = cuda::splat16(masked);
   for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < nchunks;
        c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t start = c * VEC;
     int64_t r = start / a.cols, col = start - r * a.cols;
     int64_t lo, hi;
     row_bounds(a.spec, r / a.spec.q_len, r % a.spec.q_len, lo, hi);
+    if (aligned && short_rows && col + VEC <= a.cols) {  // the chunk lies in row r
+      cuda::st_global_128(out + start, mask_chunk<T>(static_cast<int>(col), static_cast<int>(lo),
+                                                     static_cast<int>(hi), keep16, masked16));
+      continue;
+    }
     T v[VEC];
 #pragma unroll
     for (int e = 0; e < VEC; ++e) {
