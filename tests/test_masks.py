@@ -240,8 +240,9 @@ def test_compile_fullgraph(device):
 
 # Row lengths that are and are not a multiple of 16 bytes for each dtype: on
 # CUDA the first get a warp per row with 128-bit splat stores, the others the
-# flat kernel whose chunks cross rows.
-@pytest.mark.parametrize("cols", [16, 24, 48, 64, 100, 256])
+# flat kernel whose chunks cross rows, or, 32 chunks long or more, the rows
+# kernel with an unaligned head and tail (1000 bool, 1001 float16).
+@pytest.mark.parametrize("cols", [16, 24, 48, 64, 100, 256, 1000, 1001])
 @pytest.mark.parametrize("dtype", [torch.bool, torch.float16, torch.float32, torch.float64,
                                    torch.int64])
 def test_masks_rows_aligned_or_not(device, cols, dtype):
@@ -261,11 +262,11 @@ def test_masks_rows_aligned_or_not(device, cols, dtype):
 # per warp (rows_per_warp in csrc/cuda/masks.cu: rows / resident warps, at
 # most 32, then a grid-stride loop), rows of fewer 16-byte chunks than lanes
 # spread over the warp's rows, longer ones row after row. The kernel's
-# registers allow 42-51 resident warps per SM (of 64): at least per_warp rows per warp.
+# registers allow 51 resident warps per SM (of 64): at least per_warp rows per warp.
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("per_warp,cols,dtype", [
     (2, 16, torch.bool), (2, 512, torch.bool), (5, 80, torch.bool), (5, 264, torch.float16),
-    (32, 16, torch.bool), (64, 24, torch.float16)])
+    (32, 16, torch.bool), (64, 24, torch.float16), (3, 1000, torch.bool), (2, 777, torch.float16)])
 def test_cuda_mask_rows_per_warp(per_warp, cols, dtype):
     warps = torch.cuda.get_device_properties(0).multi_processor_count * 64
     Tq = 97

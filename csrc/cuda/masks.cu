@@ -40,8 +40,9 @@ __device__ __forceinline__ uint4 mask_chunk(int p, int lo, int hi, uint4 keep16,
                     pick(keep16.w, masked16.w, static_cast<uint32_t>(m1 >> 32)));
 }
 
-// Rows that start 16-byte aligned (cols % VEC == 0; cols < 2^31, so positions
-// in a row are 32-bit): a warp writes R consecutive rows (R <= 32,
+// Rows that start 16-byte aligned (cols % VEC == 0), or of 32 chunks or more
+// (any cols: a row's unaligned head and tail elements one per lane); cols <
+// 2^31, so positions in a row are 32-bit. A warp writes R consecutive rows (R <= 32,
 // rows_per_warp below), whose bounds its lanes find at once, lane j those of
 // row j; then the lanes write the rows' chunks with 128-bit stores, row after
 // row (rows of 32 chunks or more) or spread over the R rows (shorter rows,
@@ -70,9 +71,16 @@ __global__ void interval_mask_rows_kernel(IntervalMaskArgs a, int R, T keep, T m
       for (int j = 0; j < n; ++j) {
         const int rlo = __shfl_sync(0xffffffffu, lo, j), rhi = __shfl_sync(0xffffffffu, hi, j);
         T* o = out + (r0 + j) * a.cols;
-        for (int p = lane * VEC; p < cols; p += 32 * VEC) {
+        // A row that starts off a 16-byte boundary (cols % VEC != 0): its first
+        // `head` and last `tail` (< VEC <= 32) elements one per lane, the chunks
+        // between with 128-bit stores.
+        const int head = static_cast<int>((VEC - (r0 + j) * a.cols % VEC) % VEC);
+        const int end = head + (cols - head) / VEC * VEC;  // of the 16-byte chunks
+        for (int p = head + lane * VEC; p < end; p += 32 * VEC) {
           cuda::st_global_128(o + p, mask_chunk<T>(p, rlo, rhi, keep16, masked16));
         }
+        const int e = lane < head ? lane : end + (lane - head);  // the head's, then the tail's
+        if (e < cols) o[e] = e >= rlo && e < rhi ? keep : masked;  // [edge]
       }
     } else {  // rows of fewer chunks than lanes: the lanes spread over the n rows' chunks
       const int total = n * cpr;
@@ -157,8 +165,9 @@ void write_interval_mask_cuda(const IntervalMaskArgs& a, const at::Tensor& out) 
     constexpr int threads = 256;
     constexpr int VEC = Vec16<scalar_t>::N;
     const scalar_t keep = static_cast<scalar_t>(a.keep), masked = static_cast<scalar_t>(a.masked);
-    if (a.cols % VEC == 0 && a.cols <= INT32_MAX && reinterpret_cast<uintptr_t>(a.out) % 16 == 0) {
-      // (its 40-48 registers allow 42-51 resident warps per SM, not 64: kernel_report.py)
+    if ((a.cols % VEC == 0 || a.cols >= 32 * VEC) && a.cols <= INT32_MAX &&
+        reinterpret_cast<uintptr_t>(a.out) % 16 == 0) {
+      // (its 36-40 registers allow 51 resident warps per SM, not 64: kernel_report.py)
       const int per_sm = cuda::blocks_per_sm(interval_mask_rows_kernel<scalar_t>, kRowsBlock);
       const int R = rows_per_warp(a.rows, int64_t(cuda::sm_count()) * per_sm * (kRowsBlock / 32));
       interval_mask_rows_kernel<scalar_t>
