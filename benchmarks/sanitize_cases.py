@@ -113,9 +113,10 @@ def main():
                 xr = x.detach().requires_grad_()
                 fn(xr, **kw).sum().backward()
     L = torch.tensor([2**40, 0, 5, 17], device=dev)
-    # k_len 17: the flat mask kernel (chunks cross rows); 64: a warp per row.
+    # k_len 17: the flat mask kernel (chunks cross rows); 64: a warp per row;
+    # 1001: a warp per row with an unaligned head and tail (every dtype).
     for dtype in (torch.bool, torch.float16, torch.float32, torch.float64):
-        for k_len in (17, 64):
+        for k_len in (17, 64, 1001):
             maskext.attention_mask(L, q_len=13, k_len=k_len, q_lengths=L, causal=True,
                                    window=(3, None), dtype=dtype)
     # More rows than resident warps: several rows per warp (k_len 16: rows of
