@@ -42,13 +42,15 @@ __device__ __forceinline__ uint4 mask_chunk(int p, int lo, int hi, uint4 keep16,
 
 // Rows that start 16-byte aligned (cols % VEC == 0), or of 32 chunks or more
 // (any cols: a row's unaligned head and tail elements one per lane); cols <
-// 2^31, so positions in a row are 32-bit. A warp writes R consecutive rows (R <= 32,
-// rows_per_warp below), whose bounds its lanes find at once, lane j those of
-// row j; then the lanes write the rows' chunks with 128-bit stores, row after
-// row (rows of 32 chunks or more) or spread over the R rows (shorter rows,
-// which would leave lanes idle). Finding the row per chunk, from a flat index,
-// took three 64-bit divisions and row_bounds per 16 bytes (2.4-3.7x the time
-// of fill_ on an H200).
+// kIntCols, so positions in a row are 32-bit. A warp writes R consecutive rows
+// (R <= 32, rows_per_warp below), whose bounds its lanes find at once, lane j
+// those of row j; then the lanes write the rows' chunks with 128-bit stores,
+// row after row (rows of 32 chunks or more) or spread over the R rows
+// (shorter rows, which would leave lanes idle). Finding the row per chunk,
+// from a flat index, took three 64-bit divisions and row_bounds per 16 bytes
+// (2.4-3.7x the time of fill_ on an H200).
+constexpr int64_t kIntCols = int64_t(1) << 30;  // positions + 32 chunks stay below 2^31
+
 template <typename T>
 __global__ void interval_mask_rows_kernel(IntervalMaskArgs a, int R, T keep, T masked) {
   constexpr int VEC = Vec16<T>::N;
@@ -119,7 +121,7 @@ __global__ void interval_mask_kernel(IntervalMaskArgs a, T keep, T masked) {
   const int64_t total = a.rows * a.cols;
   const int64_t nchunks = (total + VEC - 1) / VEC;
   const bool aligned = reinterpret_cast<uintptr_t>(out) % 16 == 0;
-  const bool short_rows = a.cols <= INT32_MAX;  // positions in a row fit mask_chunk's ints
+  const bool short_rows = a.cols < kIntCols;  // positions in a row fit mask_chunk's ints
   const uint4 keep16 = cuda::splat16(keep), masked16 = cuda::splat16(masked);
   for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < nchunks;
        c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -165,7 +167,7 @@ void write_interval_mask_cuda(const IntervalMaskArgs& a, const at::Tensor& out) 
     constexpr int threads = 256;
     constexpr int VEC = Vec16<scalar_t>::N;
     const scalar_t keep = static_cast<scalar_t>(a.keep), masked = static_cast<scalar_t>(a.masked);
-    if ((a.cols % VEC == 0 || a.cols >= 32 * VEC) && a.cols <= INT32_MAX &&
+    if ((a.cols % VEC == 0 || a.cols >= 32 * VEC) && a.cols < kIntCols &&
         reinterpret_cast<uintptr_t>(a.out) % 16 == 0) {
       // (its 36-40 registers allow 51 resident warps per SM, not 64: kernel_report.py)
       const int per_sm = cuda::blocks_per_sm(interval_mask_rows_kernel<scalar_t>, kRowsBlock);
