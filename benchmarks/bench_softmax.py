@@ -203,7 +203,8 @@ def run(device="cpu", full=False, dtypes=None, shapes=None, out_dir=common.OUT_D
         for p in providers:
             try:
                 case.times[p] = common.time_ms(fns[p], device, min_run_time) if fns[p] else math.nan
-                if fns[p] and p != UNSTREAMED:  # the target: maskext's forward allocates only its output
+                # the target: maskext's forward allocates only its output
+                if fns[p] and p != UNSTREAMED:
                     case.mem[p] = common.peak_bytes(fns[p], device) / 2**20
             except _FAILURES as e:
                 _skipped(p, e)
