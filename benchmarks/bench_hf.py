@@ -96,17 +96,6 @@ def build(args, impl, state=None):
     return model.to(device=args.device, dtype=DTYPES[args.dtype])
 
 
-def peak_bytes(fn, device):
-    if device != "cuda":
-        return None
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - base
-
-
 def gpu_ms_and_syncs(fn, device):
     """One call of fn on CUDA: the summed time of the kernels it ran (ms), how
     many it launched, the host syncs it made (``torch.cuda.set_sync_debug_mode``'s
@@ -218,8 +207,8 @@ def main():
     for mode in modes:
         for p in PROVIDERS:
             fn = call(mode, models[p])
-            with MaskBytes() as mb:
-                peak = peak_bytes(fn, args.device)
+            with MaskBytes() as mb:  # CPU: the mask objects' bytes (no allocator statistic)
+                peak = common.peak_bytes(fn, args.device) if args.device == "cuda" else None
                 if peak is None:
                     fn()
             try:

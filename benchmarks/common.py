@@ -113,7 +113,8 @@ def peak_bytes(fn: Callable[[], object], device: str) -> int:
     allocator's statistics (exact). CPU: the profiler's allocation events in
     time order (each op's own allocations at its start, and the frees), which
     misses a temporary that one op allocates and frees inside itself.
-    (tests/test_softmax.py checks maskext's forward with it too.)"""
+    (bench_hf's CUDA memory column, and tests/test_softmax.py's check of
+    maskext's forward, use it too.)"""
     if device == "cuda":
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()

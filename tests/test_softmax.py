@@ -853,15 +853,16 @@ def test_every_row_length_on_every_path(device, dtype):
             assert (got[hidden] == (0 if fn is maskext.masked_softmax else torch.finfo(dtype).min)).all()
 
 
-def _peak_bytes(fn, device):
-    """benchmarks/common.py's peak_bytes (bench_softmax's memory table): the
-    target is checked with the measurement that reports it."""
+@functools.cache
+def _bench_common():
+    """benchmarks/common.py, loaded once: its peak_bytes (bench_softmax's memory
+    table) checks the target with the measurement that reports it."""
     spec = importlib.util.spec_from_file_location(
         "maskext_bench_common", os.path.join(os.path.dirname(__file__), "..", "benchmarks",
                                              "common.py"))
     common = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(common)
-    return common.peak_bytes(fn, device)
+    return common
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -877,5 +878,5 @@ def test_forward_allocates_only_its_output(device, dtype, Tk):
                  lambda: maskext.masked_softmax(x, keep, lengths=L),
                  lambda: maskext.masked_log_softmax(x, lengths=L)):
         call()  # a first call may allocate once (e.g. the CUDA occupancy queries' state)
-        peak = _peak_bytes(call, device)
+        peak = _bench_common().peak_bytes(call, device)
         assert peak == out_bytes, (peak, out_bytes)
