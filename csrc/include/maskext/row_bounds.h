@@ -65,25 +65,27 @@ MASKEXT_HD int64_t floor_multiple(int64_t p, int64_t c) {
 
 // [lo, hi) of the keys whose segment id equals that of key p (0 <= p < k_len)
 // in batch element b: two binary searches over the non-decreasing ids, each
-// skipped when key p's segment is the first (lo = 0) or the last (hi = k_len),
-// as every row's is in Hugging Face's left padding (ids 0 for the padding, 1
-// for the real keys): one load where a search takes ~log2(k_len) dependent ones.
+// probing the row's end first (key 0 for lo, key k_len - 1 for hi). Where key
+// p's segment is the first or the last, as every row's is in Hugging Face's
+// left padding (ids 0 for the padding, 1 for the real keys), that bound takes
+// one load instead of ~log2(k_len) dependent ones; otherwise its search takes
+// one probe more. (Loading both ends before the searches kept one more value
+// live: ptxas spilled the streamed tiers' loop counter, sm_90.)
 MASKEXT_HD void segment_bounds(const RowSpec& s, int64_t b, int64_t p, int64_t& lo, int64_t& hi) {
   const int64_t base = b * s.k_len;
   const int64_t v = load_length(s.segment_ids, s.segment_ids64, base + p);
-  int64_t a = 0, z = p;  // first j in [0, p] with id >= v
-  if (load_length(s.segment_ids, s.segment_ids64, base) == v) z = 0;
+  int64_t a = 0, z = p, m = 0;  // first j in [0, p] with id >= v
   while (a < z) {
-    const int64_t m = a + (z - a) / 2;
     if (load_length(s.segment_ids, s.segment_ids64, base + m) < v) a = m + 1; else z = m;
+    m = a + (z - a) / 2;
   }
   lo = a;
   a = p + 1;
   z = s.k_len;  // first j in [p + 1, k_len) with id > v
-  if (load_length(s.segment_ids, s.segment_ids64, base + s.k_len - 1) == v) a = z;
+  m = z - 1;
   while (a < z) {
-    const int64_t m = a + (z - a) / 2;
     if (load_length(s.segment_ids, s.segment_ids64, base + m) <= v) a = m + 1; else z = m;
+    m = a + (z - a) / 2;
   }
   hi = a;
 }
