@@ -1167,78 +1167,76 @@ __global__ void __launch_bounds__(kTierBlock<G>, (CLUSTER ? kTierMinBlocks<G, 8>
                                         : static_cast<const float*>(a.sinks)[pos.b * a.ss[0] +
                                                                              pos.h * a.ss[1] +
                                                                              pos.i * a.ss[2]];
+  const bool vec = same_alignment(xr, o);
+  bool out[P];
+  outside_chunks<T, G, P>(lo, hi, lane, a0, out);
+  // v = the scores u (softcapped, masked, biased), -inf outside [lo, hi);
+  // chunks out[k] untouched.
   {
-    const bool vec = same_alignment(xr, o);
-    bool out[P];
-    outside_chunks<T, G, P>(lo, hi, lane, a0, out);
-    // v = the scores u (softcapped, masked, biased), -inf outside [lo, hi);
-    // chunks out[k] untouched.
-    {
-      RawRow<T, P> raw;
-      load_row<T, G, P>(xr, lo, hi, vec, lane, a0, raw);
-      // The bias's and the mask's loads now, in flight with x's: one round trip
-      // to memory rather than three in a row (they came after x's unpack).
-      const bool* mr = nullptr;
-      bool mvec = false;
-      uint64_t mw[GENERAL ? P : 1];
-      RawRow<T, GENERAL ? P : 1> braw;
-      if constexpr (GENERAL) {
-        if (a.bias != nullptr) {
-          const T* br = static_cast<const T*>(a.bias) + pos.b * a.bs[0] + pos.h * a.bs[1] +
-                        pos.i * a.bs[2];
-          load_row<T, G, P>(br, lo, hi, same_alignment(br, o), lane, a0, braw);
-        }
-        if (a.mask != nullptr) {
-          mr = a.mask + pos.b * a.ms[0] + pos.h * a.ms[1] + pos.i * a.ms[2];
-          mvec = reinterpret_cast<uintptr_t>(mr) % VEC == a0;
-          load_keep<T, G, P>(mr, lo, hi, mvec, lane, a0, mw);
-        }
-      }
-      x_scores<T, G, P>(raw, lo, hi, lane, a0, a.scale, a.softcap, out, v);
-      if constexpr (GENERAL) {
-        // Outside [lo, hi) the bias reads as 0 and the flags as false: -inf stays.
-        if (a.bias != nullptr) {  // z + bias, -inf where bias <= finfo.min
-#pragma unroll
-          for (int k = 0; k < P; ++k) {
-            if (out[k]) continue;
-            float bv[VEC];
-            unpack_chunk(braw, k, bv);
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) {
-              v[k][e] = add_bias(v[k][e], bv[e], bias_min, static_cast<float>(kLog2e));
-            }
-          }
-        }
-        if (a.mask != nullptr) {
-          const uint64_t keep = keep_bits<T, G, P>(mr, lo, hi, mvec, lane, a0, mw);
-#pragma unroll
-          for (int k = 0; k < P; ++k) {
-            if (out[k]) continue;
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) v[k][e] = (keep >> (k * VEC + e)) & 1 ? v[k][e] : kNegInf;
-          }
-        }
-      }
-    }
-    // GENERAL: bit k * VEC + e set where the score is -inf (x, mask or bias), for
-    // a poisoned row (below), which then needs neither x, mask nor bias again: the
-    // pointers and flags that a second read keeps live cost the 4-chunk mask /
-    // bias tiers 52 bytes of spill at 80 registers (24 warps per SM).
-    uint64_t neg_inf = 0;
+    RawRow<T, P> raw;
+    load_row<T, G, P>(xr, lo, hi, vec, lane, a0, raw);
+    // The bias's and the mask's loads now, in flight with x's: one round trip
+    // to memory rather than three in a row (they came after x's unpack).
+    const bool* mr = nullptr;
+    bool mvec = false;
+    uint64_t mw[GENERAL ? P : 1];
+    RawRow<T, GENERAL ? P : 1> braw;
     if constexpr (GENERAL) {
-      static_assert(P * VEC <= 64, "one bit per score");
-#pragma unroll
-      for (int k = 0; k < P; ++k) {
-        if (out[k]) continue;
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) neg_inf |= uint64_t(v[k][e] == kNegInf) << (k * VEC + e);
+      if (a.bias != nullptr) {
+        const T* br = static_cast<const T*>(a.bias) + pos.b * a.bs[0] + pos.h * a.bs[1] +
+                      pos.i * a.bs[2];
+        load_row<T, G, P>(br, lo, hi, same_alignment(br, o), lane, a0, braw);
+      }
+      if (a.mask != nullptr) {
+        mr = a.mask + pos.b * a.ms[0] + pos.h * a.ms[1] + pos.i * a.ms[2];
+        mvec = reinterpret_cast<uintptr_t>(mr) % VEC == a0;
+        load_keep<T, G, P>(mr, lo, hi, mvec, lane, a0, mw);
       }
     }
-
-    finish_forward_row<T, G, P, LOG, GENERAL, CLUSTER>(v, out, neg_inf, sink, mask, part[0],
-                                                       part[1], cluster_slot, xr, o, lo, hi, Tk,
-                                                       lane, a0, a.scale, a.softcap);
+    x_scores<T, G, P>(raw, lo, hi, lane, a0, a.scale, a.softcap, out, v);
+    if constexpr (GENERAL) {
+      // Outside [lo, hi) the bias reads as 0 and the flags as false: -inf stays.
+      if (a.bias != nullptr) {  // z + bias, -inf where bias <= finfo.min
+#pragma unroll
+        for (int k = 0; k < P; ++k) {
+          if (out[k]) continue;
+          float bv[VEC];
+          unpack_chunk(braw, k, bv);
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) {
+            v[k][e] = add_bias(v[k][e], bv[e], bias_min, static_cast<float>(kLog2e));
+          }
+        }
+      }
+      if (a.mask != nullptr) {
+        const uint64_t keep = keep_bits<T, G, P>(mr, lo, hi, mvec, lane, a0, mw);
+#pragma unroll
+        for (int k = 0; k < P; ++k) {
+          if (out[k]) continue;
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) v[k][e] = (keep >> (k * VEC + e)) & 1 ? v[k][e] : kNegInf;
+        }
+      }
+    }
   }
+  // GENERAL: bit k * VEC + e set where the score is -inf (x, mask or bias), for
+  // a poisoned row (below), which then needs neither x, mask nor bias again: the
+  // pointers and flags that a second read keeps live cost the 4-chunk mask /
+  // bias tiers 52 bytes of spill at 80 registers (24 warps per SM).
+  uint64_t neg_inf = 0;
+  if constexpr (GENERAL) {
+    static_assert(P * VEC <= 64, "one bit per score");
+#pragma unroll
+    for (int k = 0; k < P; ++k) {
+      if (out[k]) continue;
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) neg_inf |= uint64_t(v[k][e] == kNegInf) << (k * VEC + e);
+    }
+  }
+
+  finish_forward_row<T, G, P, LOG, GENERAL, CLUSTER>(v, out, neg_inf, sink, mask, part[0],
+                                                     part[1], cluster_slot, xr, o, lo, hi, Tk,
+                                                     lane, a0, a.scale, a.softcap);
   if constexpr (CLUSTER) cluster_done();
 }
 
@@ -1442,6 +1440,26 @@ __device__ __forceinline__ const T* x_row(const SoftmaxArgs& a, const RowDiv& d,
   return static_cast<const T*>(a.x) + pos.b * a.xs[0] + pos.h * a.xs[1] + pos.i * a.xs[2];
 }
 
+// A streamed block's row loop: its row groups g = blockIdx.x + it * gridDim.x
+// in turn, group g's copies in stage it % 2 (`mine`: this thread's first slot
+// of stage 0), the next group's copies in flight while row(g, slots, it % 2)
+// computes g from `slots`. copy(g, slots) copies group g's rows into `slots`
+// and commits them (every thread, row or none). One counter is live through
+// the row: a stage index beside g made the log-softmax's 8-chunk tier C
+// kernels spill it, and the stage's slots found before the next group's
+// bounds (row_bounds) spilled in the 2-chunk ones (sm_90).
+template <int kStage, typename Copy, typename Row>
+__device__ __forceinline__ void stream_rows(int groups, uint4* mine, Copy&& copy, Row&& row) {
+  copy(int64_t(blockIdx.x), mine);
+  for (int it = 0; blockIdx.x + it * gridDim.x < groups; ++it) {  // the same trips in the block
+    const int g = blockIdx.x + it * gridDim.x;
+    // The next group's copies, into the stage read one row ago.
+    copy(g + int64_t(gridDim.x), mine + ((it + 1) & 1) * kStage);
+    cuda::wait_async<1>();  // this group's copies have landed
+    row(g, mine + (it & 1) * kStage, it & 1);
+  }
+}
+
 // The forward of the streamed tiers (see above); the row math is the tier
 // kernel's (x_scores, finish_forward_row).
 template <typename T, int G, int P, bool LOG>
@@ -1455,7 +1473,12 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kStreamMinBlocks<G, P, false, 
   const unsigned mask = group_mask<G>();
   const int Tk = static_cast<int>(a.Tk);
   const int groups = static_cast<int>((a.rows() + kRows - 1) / kRows);  // rows < 2^31
-  auto row = [&](const StreamRow& s, const uint4* slots) {
+  // Two barriers per row (the max's, the sum's) keep part[] safe from one row
+  // to the next: a warp writes part[0] again only after every warp has passed
+  // the sum's barrier, so has read part[0].
+  auto row = [&](int g, const uint4* slots, int) {
+    const StreamRow s = stream_row_again<G, kRows>(a, g, slots + P * kB);
+    if (s.r >= a.rows()) return;
     T* __restrict__ o = static_cast<T*>(a.out) + static_cast<int64_t>(s.r) * a.Tk;
     const TierRow pos = tier_row(s.r, d);
     const float sink = a.sinks == nullptr ? -std::numeric_limits<float>::infinity()
@@ -1478,29 +1501,14 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kStreamMinBlocks<G, P, false, 
                                                          part[1], nullptr, nullptr, o, s.lo, s.hi,
                                                          Tk, lane, a0, a.scale, a.softcap, slots);
   };
-  // Two barriers per row (the max's, the sum's) keep part[] safe from one row
-  // to the next: a warp writes part[0] again only after every warp has passed
-  // the sum's barrier, so has read part[0].
-  uint4* const mine = stream_slots + threadIdx.x;
-  auto copy = [&](int64_t g, uint4* slots) {
-    const StreamRow s = stream_row<G, kRows>(a, d, g, slots + P * kB);
-    if (s.r < a.rows()) copy_row_async<T, G, P>(x_row<T>(a, d, s.r), s.lo, s.hi, lane, slots);
-    cuda::commit_async();
-  };
-  copy(blockIdx.x, mine);
-  // Row group g = blockIdx.x + it * gridDim.x, in stage it % 2: one counter
-  // live through the row (a stage index beside g made the log-softmax's
-  // 8-chunk tier C kernels spill it).
-  for (int it = 0; blockIdx.x + it * gridDim.x < groups; ++it) {  // the same trips in the block
-    const int g = blockIdx.x + it * gridDim.x;
-    uint4* const slots = mine + (it & 1) * kStage;
-    // The next row's copies in flight through this one, into the stage read
-    // one row ago.
-    copy(g + int64_t(gridDim.x), mine + ((it + 1) & 1) * kStage);
-    const StreamRow cur = stream_row_again<G, kRows>(a, g, slots + P * kB);
-    cuda::wait_async<1>();  // this row's copies have landed
-    if (cur.r < a.rows()) row(cur, slots);
-  }
+  stream_rows<kStage>(
+      groups, stream_slots + threadIdx.x,
+      [&](int64_t g, uint4* slots) {
+        const StreamRow s = stream_row<G, kRows>(a, d, g, slots + P * kB);
+        if (s.r < a.rows()) copy_row_async<T, G, P>(x_row<T>(a, d, s.r), s.lo, s.hi, lane, slots);
+        cuda::commit_async();
+      },
+      row);
 }
 
 // The backward of the streamed tiers: y and dy through the stages (y's P
@@ -1519,7 +1527,8 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kStreamMinBlocks<G, P, true, L
   const int Tk = static_cast<int>(a.Tk);
   const int groups = static_cast<int>((a.rows() + kRows - 1) / kRows);  // rows < 2^31
   // Every lane of a warp calls it (active_slots' warp reduction for G < 32).
-  auto row = [&](const StreamRow& s, const uint4* slots, float* sum_part) {
+  auto row = [&](int g, const uint4* slots, int parity) {
+    const StreamRow s = stream_row_again<G, kRows>(a, g, slots + 2 * P * kB);
     const bool has = s.r < a.rows();
     T* __restrict__ o = static_cast<T*>(a.out) + static_cast<int64_t>(has ? s.r : 0) * a.Tk;
     constexpr int a0 = 0;  // every row starts 16-byte aligned (stream_prefetch)
@@ -1533,29 +1542,22 @@ __global__ void __launch_bounds__(kTierBlock<G>, (kStreamMinBlocks<G, P, true, L
       RawRow<T, P> yraw, graw;  // 0 outside [lo, hi): adds nothing to the sums
       read_row_slots<T, G, P, N>(slots, s.lo, s.hi, lane, yraw);
       read_row_slots<T, G, P, N>(slots + P * kB, s.lo, s.hi, lane, graw);
-      finish_backward_row<T, G, P, N, LOG, false>(yraw, graw, mask, sum_part, nullptr, o, s.lo,
-                                                  s.hi, Tk, lane, a0, a.scale);
+      finish_backward_row<T, G, P, N, LOG, false>(yraw, graw, mask, part[parity], nullptr, o,
+                                                  s.lo, s.hi, Tk, lane, a0, a.scale);
     });
   };
-  uint4* const mine = stream_slots + threadIdx.x;
-  auto copy = [&](int64_t g, uint4* slots) {
-    const StreamRow s = stream_row<G, kRows>(a, d, g, slots + 2 * P * kB);
-    if (s.r < a.rows()) {
-      copy_row_async<T, G, P>(static_cast<const T*>(a.y) + static_cast<int64_t>(s.r) * a.Tk, s.lo,
-                              s.hi, lane, slots);
-      copy_row_async<T, G, P>(x_row<T>(a, d, s.r), s.lo, s.hi, lane, slots + P * kB);
-    }
-    cuda::commit_async();
-  };
-  copy(blockIdx.x, mine);
-  for (int it = 0; blockIdx.x + it * gridDim.x < groups; ++it) {  // as in the forward
-    const int g = blockIdx.x + it * gridDim.x;
-    uint4* const slots = mine + (it & 1) * kStage;
-    copy(g + int64_t(gridDim.x), mine + ((it + 1) & 1) * kStage);  // the next row in flight
-    const StreamRow cur = stream_row_again<G, kRows>(a, g, slots + 2 * P * kB);
-    cuda::wait_async<1>();  // this row's copies have landed
-    row(cur, slots, part[it & 1]);
-  }
+  stream_rows<kStage>(
+      groups, stream_slots + threadIdx.x,
+      [&](int64_t g, uint4* slots) {
+        const StreamRow s = stream_row<G, kRows>(a, d, g, slots + 2 * P * kB);
+        if (s.r < a.rows()) {
+          copy_row_async<T, G, P>(static_cast<const T*>(a.y) + static_cast<int64_t>(s.r) * a.Tk,
+                                  s.lo, s.hi, lane, slots);
+          copy_row_async<T, G, P>(x_row<T>(a, d, s.r), s.lo, s.hi, lane, slots + P * kB);
+        }
+        cuda::commit_async();
+      },
+      row);
 }
 
 // Which tier holds rows of `a`, as the number of 16-byte chunks a row needs
