@@ -131,6 +131,42 @@ def test_nan_rule(device, fn, Tk, general):
     assert (got[~visible] == masked).all()  # in NaN rows too
 
 
+@pytest.mark.parametrize("fn", ["masked_softmax", "masked_log_softmax"])
+# On CUDA (fp32), 6 keys: a register tier kernel (the poisoned row read again,
+# store_poisoned_row); 8 and 1500: the streamed tiers (the row's slots); 20000:
+# tier D (sm_90) or the split rows; general: the mask/bias tiers (the -inf bits).
+@pytest.mark.parametrize("Tk", [6, 8, 1500, 20000])
+@pytest.mark.parametrize("softcap", [None, 5.0])
+@pytest.mark.parametrize("general", [False, True])
+def test_nan_rule_with_neg_inf_scores(device, fn, Tk, softcap, general):
+    """In a NaN row, a visible score of -inf keeps the masked value (its exp is
+    0) and every other visible output is NaN. softcap maps -inf and +inf to
+    -softcap and +softcap, finite scores: with softcap a NaN row is NaN at
+    every visible position, and +inf poisons nothing. The kernels answer such
+    rows on a rare path of their own, tier by tier."""
+    ours, ref = getattr(maskext, fn), getattr(R, fn)
+    x = torch.randn(2, 2, 2, Tk, device=device)
+    L = torch.tensor([Tk, Tk // 2 + 1], device=device)
+    kw = dict(lengths=L, softcap=softcap)
+    x[0, 0, 0, 1] = float("nan")
+    x[0, 0, 0, 2] = float("-inf")
+    x[1, 1, 1, 0] = float("-inf")
+    x[1, 1, 1, Tk // 2] = float("inf")
+    if general:
+        kw.update(mask=torch.ones(2, 1, 1, Tk, dtype=torch.bool, device=device),
+                  bias=torch.zeros(2, 1, Tk, device=device))
+    got, want = ours(x, **kw), ref(x, **kw)
+    torch.testing.assert_close(got, want, equal_nan=True, atol=1e-5, rtol=1e-4)
+    masked = 0.0 if fn == "masked_softmax" else torch.finfo(x.dtype).min
+    poisoned = [((0, 0, 0), 2)] + ([((1, 1, 1), 0)] if softcap is None else [])
+    for row, neg_inf in poisoned:
+        assert (got[row][neg_inf] == masked) == (softcap is None)
+        others = [j for j in range(int(L[row[0]])) if j != neg_inf]
+        assert got[row][others].isnan().all()
+    nan_rows = got.isnan().any(-1)
+    assert nan_rows.sum() == len(poisoned)
+
+
 def test_masked_max_nan(device):
     x = torch.randn(3, 4, 2, device=device)
     x[0, 3, 0] = float("nan")  # padding (length 2): ignored
