@@ -134,7 +134,8 @@ def test_nan_rule(device, fn, Tk, general):
 @pytest.mark.parametrize("fn", ["masked_softmax", "masked_log_softmax"])
 # On CUDA (fp32), 6 keys: a register tier kernel (the poisoned row read again,
 # store_poisoned_row); 8 and 1500: the streamed tiers (the row's slots); 20000:
-# tier D (sm_90) or the split rows; general: the mask/bias tiers (the -inf bits).
+# tier D (sm_90) or the split rows; general: the mask/bias tiers (the -inf bits),
+# at 20000 keys the general kernel.
 @pytest.mark.parametrize("Tk", [6, 8, 1500, 20000])
 @pytest.mark.parametrize("softcap", [None, 5.0])
 @pytest.mark.parametrize("general", [False, True])
