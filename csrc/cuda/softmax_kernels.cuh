@@ -16,10 +16,11 @@
 // which mostly hits L2). Everywhere only the visible interval [lo, hi) is read,
 // the rest is written as the masked value with 16-byte stores.
 //
-// This header holds the kernels and the launchers; each softmax_<dtype>.cu
-// instantiates the launchers for one dtype, and softmax_masked_<dtype>.cu its
-// mask/bias tiers, so that the register-tier kernels (over a hundred) compile
-// in parallel; softmax.cu holds the entry points.
+// This header holds the kernels and the launchers; small .cu files
+// instantiate them, a dtype's forward, log-softmax forward, backward and
+// mask/bias tiers each in a file of its own (see the end of this header), so
+// that the kernels (over a hundred a dtype) compile in parallel; softmax.cu
+// holds the entry points.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -2150,15 +2151,18 @@ void launch_softmax_backward(const SoftmaxArgs& a, cudaStream_t stream) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Explicit instantiations for one dtype, in its own translation unit; its
-// mask/bias tiers are left to MASKEXT_SOFTMAX_MASKED_INSTANTIATE in another.
-#define MASKEXT_SOFTMAX_INSTANTIATE(T)                                                        \
-  extern template void launch_masked_tier_forward<T, false>(const SoftmaxArgs&, int64_t,       \
-                                                           cudaStream_t);                     \
-  extern template void launch_masked_tier_forward<T, true>(const SoftmaxArgs&, int64_t,        \
-                                                          cudaStream_t);                      \
-  template void launch_softmax_forward<T, false>(const SoftmaxArgs&, cudaStream_t);  \
-  template void launch_softmax_forward<T, true>(const SoftmaxArgs&, cudaStream_t);   \
+// Explicit instantiations, a dtype's launchers spread over translation units
+// that compile in parallel (the build's longest step is its largest unit):
+// the forward of softmax or of log-softmax (LOG) in softmax_forward_<dtype>.cu
+// and softmax_log_forward_<dtype>.cu, whose mask/bias tiers are left to
+// MASKEXT_SOFTMAX_MASKED_INSTANTIATE in softmax_masked_<dtype>.cu, and the
+// backward of both in softmax_backward_<dtype>.cu.
+#define MASKEXT_SOFTMAX_FORWARD_INSTANTIATE(T, LOG)                                              \
+  extern template void launch_masked_tier_forward<T, LOG>(const SoftmaxArgs&, int64_t,        \
+                                                         cudaStream_t);                       \
+  template void launch_softmax_forward<T, LOG>(const SoftmaxArgs&, cudaStream_t);
+
+#define MASKEXT_SOFTMAX_BACKWARD_INSTANTIATE(T)                                       \
   template void launch_softmax_backward<T, false>(const SoftmaxArgs&, cudaStream_t); \
   template void launch_softmax_backward<T, true>(const SoftmaxArgs&, cudaStream_t);
 

@@ -1,5 +1,5 @@
 // The CUDA masked softmax launchers, one per dtype and LOG, defined in
-// softmax_kernels.cuh and instantiated in softmax_<dtype>.cu.
+// softmax_kernels.cuh and instantiated in the softmax_*.cu files.
 #pragma once
 
 #include <cuda_runtime.h>

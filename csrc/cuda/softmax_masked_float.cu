@@ -1,6 +1,6 @@
 // The mask/bias register tiers of the masked softmax forward for float, in a
 // translation unit of their own so that they compile in parallel with the
-// rest of the dtype's kernels (softmax_float.cu; see softmax_kernels.cuh).
+// rest of the dtype's kernels (see the end of softmax_kernels.cuh).
 #include "softmax_kernels.cuh"
 
 namespace maskext {
